@@ -1,0 +1,84 @@
+"""The one config path: YAML → schema validation (with defaults filled in) → plain dict.
+
+Used by the Snakefile and by the command line alike; the schema in
+workflow/schemas/config.schema.yaml holds every key, its default and its meaning.
+Errors come out as one line naming the key and what to do.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from sslseg.io import UserError
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def _with_defaults(validator_class):
+    from jsonschema import validators
+
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub:
+                    instance.setdefault(key, copy.deepcopy(sub["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Fill defaults into `config` in place and check it; raise UserError on the first problem."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    validator = _with_defaults(Draft202012Validator)(schema)
+    error = best_match(validator.iter_errors(config))
+    if error is not None:
+        key = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        hint = "remove it (see README's config reference)" if error.validator == "additionalProperties" else \
+            "see the schema's description of this key"
+        message = error.message
+        if error.validator == "additionalProperties":
+            message = message.replace("Additional properties are not allowed", "unknown key")
+        raise UserError(f"{source}: {key}: {message}; {hint}")
+    return config
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Deep-merge `update` into a copy of `base` (as Snakemake merges --configfile)."""
+    out = copy.deepcopy(base)
+    for k, v in update.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise UserError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of config keys")
+    return data
+
+
+def load_config(path: str | Path = "config.yaml", extra: str | Path | None = None) -> dict:
+    config = read_yaml(path)
+    if extra:
+        config = merge(config, read_yaml(extra))
+    return validate(config, str(extra or path))
+
+
+def stage_settings(config: dict, stage: str) -> dict:
+    """What one training stage depends on: its own section, the model, the loop settings, the device.
+    Rules pass exactly this as `params`, so only a change here reruns the stage."""
+    return {"stage": stage, "model": config["model"], "device": config["device"], **config["train"], **config[stage]}

@@ -1,0 +1,1 @@
+"""Data: real readers and the generated demo set, HDF5 packing, splits, device loaders."""

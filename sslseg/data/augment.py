@@ -1,0 +1,87 @@
+"""Batched augmentation on the device, with per-sample random parameters.
+
+Images arrive as uint8 (B, H, W, 3) on the device; one affine_grid +
+grid_sample does random-resized-crop, flip and resize for the whole batch, and
+the same grid (nearest) moves the trimaps, so labels stay aligned.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) → float (B, 3, H, W) in [0, 1]."""
+    return images.permute(0, 3, 1, 2).float().div_(255)
+
+
+def crop_params(b: int, scale: Sequence[float], ratio: Sequence[float], flip: float,
+                gen: torch.Generator) -> torch.Tensor:
+    """Per-sample affine matrices (B, 2, 3) in normalised coordinates.
+
+    Area fraction ~ U(scale), log aspect ~ U(log ratio) as torchvision's
+    RandomResizedCrop; sides are clipped to the image, the centre is uniform
+    over positions where the crop fits.
+    """
+    u = torch.rand(b, 5, generator=gen)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    w = (area * logr.exp()).sqrt().clamp(max=1.0)
+    h = (area / logr.exp()).sqrt().clamp(max=1.0)
+    cx = (1 - w) * (2 * u[:, 2] - 1)
+    cy = (1 - h) * (2 * u[:, 3] - 1)
+    sign = torch.where(u[:, 4] < flip, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    return theta
+
+
+def colour_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s), per sample."""
+    if strength <= 0:
+        return x
+    f = (1 + strength * (2 * torch.rand(x.shape[0], 3, generator=gen) - 1)).to(x.device, x.dtype)
+    x = x * f[:, 0].view(-1, 1, 1, 1)
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = (x - gray.mean((2, 3), keepdim=True)) * f[:, 1].view(-1, 1, 1, 1) + gray.mean((2, 3), keepdim=True)
+    gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+    x = (x - gray) * f[:, 2].view(-1, 1, 1, 1) + gray
+    return x.clamp_(0, 1)
+
+
+def augment(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
+            scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (1.0, 1.0),
+            flip: float = 0.0, jitter: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 images (B, H, W, 3) [+ masks (B, H, W)] → normalised (B, 3, S, S) [+ long (B, S, S)]."""
+    x = to_float(images)
+    b = x.shape[0]
+    identity = tuple(scale) == (1.0, 1.0) and tuple(ratio) == (1.0, 1.0) and flip <= 0 and x.shape[-1] == size
+    if not identity:
+        theta = crop_params(b, scale, ratio, flip, gen).to(x.device)
+        grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        if masks is not None:
+            m = F.grid_sample(masks.unsqueeze(1).float(), grid, mode="nearest", padding_mode="border", align_corners=False)
+            masks = m.squeeze(1)
+    x = colour_jitter(x, jitter, gen)
+    return normalize(x), None if masks is None else masks.long()

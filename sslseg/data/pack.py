@@ -1,0 +1,102 @@
+"""Decode and resize once, into uint8 HDF5.
+
+Layout of a pack: `images` (N, S, S, 3) uint8; `masks` (N, S, S) uint8 with
+classes 0 pet, 1 background, 2 border (segmentation packs only); `labels` (N,)
+int16 (classification packs); `names` (N,) strings. Chunked by rows so
+training reads large contiguous blocks.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from sslseg.data.sources import Record, open_rgb, open_trimap
+from sslseg.io import UserError, atomic_path
+
+BLOCK = 256  # rows decoded per thread-pool round; bounds memory while packing
+
+
+def _resize(image: Image.Image, size: int, mode: str, resample: int) -> Image.Image:
+    if mode == "squash":  # whole image kept, aspect ratio changed (trimaps stay aligned)
+        return image.resize((size, size), resample)
+    # "crop": shorter side to `size`, then the centre square (keeps aspect ratio)
+    w, h = image.size
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), resample)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def load_record(rec: Record, size: int, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+    image = open_rgb(rec.image)
+    mask = None
+    if rec.trimap is not None:
+        trimap = Image.fromarray(open_trimap(rec.trimap, image.size))
+        mask = np.asarray(_resize(trimap, size, mode, Image.NEAREST))
+    return np.asarray(_resize(image, size, mode, Image.BILINEAR)), mask
+
+
+def load_arrays(records: Sequence[Record], size: int, mode: str, threads: int = 1) -> dict[str, np.ndarray]:
+    """Decode `records` into in-memory arrays (used by pack and by folder evaluation)."""
+    out = {"images": np.empty((len(records), size, size, 3), np.uint8)}
+    if records and records[0].trimap is not None:
+        out["masks"] = np.empty((len(records), size, size), np.uint8)
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL releases the GIL while decoding
+        for i, (img, mask) in enumerate(pool.map(lambda r: load_record(r, size, mode), records)):
+            out["images"][i] = img
+            if mask is not None:
+                out["masks"][i] = mask
+    return out
+
+
+def pack(records: Sequence[Record], out: str | Path, size: int, mode: str = "squash", threads: int = 1,
+         attrs: dict | None = None) -> Path:
+    """Write `records` to the HDF5 file `out` atomically, decoding with `threads` threads."""
+    if not records:
+        raise UserError(f"{out}: nothing to pack (the source folder has no images)")
+    n = len(records)
+    seg = records[0].trimap is not None
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        chunk = max(1, min(n, 64))
+        images = f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(chunk, size, size, 3))
+        masks = f.create_dataset("masks", (n, size, size), np.uint8, chunks=(chunk, size, size)) if seg else None
+        f.create_dataset("labels", data=np.asarray([r.label for r in records], np.int16))
+        f.create_dataset("names", data=np.asarray([r.name for r in records], dtype=h5py.string_dtype()))
+        for start in range(0, n, BLOCK):
+            block = load_arrays(records[start:start + BLOCK], size, mode, threads)
+            images[start:start + len(block["images"])] = block["images"]
+            if masks is not None:
+                masks[start:start + len(block["masks"])] = block["masks"]
+        f.attrs.update({"size": size, "resize": mode, **(attrs or {})})
+    return Path(out)
+
+
+def read_pack(path: str | Path, rows: np.ndarray | slice | None = None, keys: Sequence[str] = ("images", "masks")) -> dict[str, np.ndarray]:
+    """Read `keys` for `rows` (sorted indices or a slice) from a pack into memory."""
+    try:
+        with h5py.File(path, "r") as f:
+            out = {}
+            for k in keys:
+                if k not in f:
+                    continue
+                out[k] = f[k][()] if rows is None else f[k][rows]
+            return out
+    except FileNotFoundError:
+        raise UserError(f"{path}: pack not found; run the pack stage first") from None
+    except (OSError, KeyError) as e:
+        raise UserError(f"{path}: corrupt or truncated HDF5 ({e}); delete it and rerun the pack stage") from None
+
+
+def pack_length(path: str | Path) -> int:
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["images"].shape[0])
+    except (OSError, KeyError) as e:
+        raise UserError(f"{path}: corrupt or truncated HDF5 ({e}); delete it and rerun the pack stage") from None

@@ -1,0 +1,44 @@
+"""Classification from the class token, with MixUp (the intermediate step)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sslseg.models import ClassifierHead, build_backbone, encode
+
+
+def mixup(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """MixUp (Zhang et al. 2018): one λ ~ Beta(α, α) per batch, mixed with the batch reversed.
+
+    Returns mixed images and soft targets (B, classes) whose rows sum to 1. Draws
+    from the global RNG, which the training loop seeds per epoch.
+    """
+    target = F.one_hot(labels.long(), classes).to(images.dtype)
+    if alpha <= 0:
+        return images, target
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    return lam * images + (1 - lam) * images.flip(0), lam * target + (1 - lam) * target.flip(0)
+
+
+class Classify(nn.Module):
+    def __init__(self, model: dict, classes: int, dropout: float = 0.0, mixup_alpha: float = 0.0):
+        super().__init__()
+        self.backbone = build_backbone(model["preset"], model["image_size"], model["patch_size"], dropout)
+        self.head = ClassifierHead(self.backbone.embed_dim, classes, dropout)
+        self.classes, self.mixup_alpha = classes, mixup_alpha
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) normalised → logits (B, classes)."""
+        return self.head(encode(self.backbone, images)[:, 0])
+
+    def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """batch: "images" (B, 3, H, W) normalised, "labels" (B,). MixUp only in training."""
+        images, labels = batch["images"], batch["labels"]
+        if self.training:
+            images, target = mixup(images, labels, self.classes, self.mixup_alpha)
+        else:
+            target = F.one_hot(labels.long(), self.classes).float()
+        logits = self.predict(images)
+        return torch.sum(-target * F.log_softmax(logits.float(), -1), -1).mean(), {"logits": logits}

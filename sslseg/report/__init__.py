@@ -1,0 +1,1 @@
+"""Report: run tables (mean ± std over seeds) and figures."""

@@ -1,0 +1,142 @@
+"""Figures (seaborn): mIoU vs fine-tune size, Δ mIoU from the intermediate step,
+SimMIM reconstructions and segmentation examples. Each saved as PNG and PDF."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are files
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+
+from sslseg.io import atomic_path  # noqa: E402
+from sslseg.report.tables import delta, pretrain_label  # noqa: E402
+
+TRIMAP_COLOURS = np.array([[230, 80, 60], [40, 40, 60], [250, 220, 90]], np.uint8)  # pet, background, border
+
+
+def save(fig: plt.Figure, out: str | Path, dpi: int = 150) -> None:
+    """Write `out` (PNG) and the same figure as PDF beside it, both atomically."""
+    out = Path(out)
+    for path in (out, out.with_suffix(".pdf")):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+
+
+def miou_figure(runs_csv: str, out: str, settings: dict | None = None) -> None:
+    """Fig. 1: test mIoU vs fine-tune size, a line per pretraining size, error bars = std over seeds."""
+    s = settings or {}
+    sns.set_theme(style=s.get("style", "whitegrid"))
+    runs = pd.read_csv(runs_csv)
+    runs = runs.assign(**{
+        "mIoU (%)": runs.miou * 100,
+        "pretraining": [pretrain_label(p) for p in runs.pretrain],
+        "intermediate": np.where(runs.intermediate == 1, "with", "without"),
+    })
+    order = [pretrain_label(p) for p in sorted(runs.pretrain.unique())]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    sns.lineplot(data=runs, x="finetune", y="mIoU (%)", hue="pretraining", hue_order=order,
+                 style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
+                 errorbar="sd", err_style="bars", ax=ax)
+    ax.set_xscale("log")
+    sizes = sorted(runs.finetune.unique())
+    ax.set_xticks(sizes, [str(x) for x in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("fine-tune images (log scale)")
+    ax.set_title(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
+    save(fig, out, s.get("dpi", 150))
+
+
+def delta_figure(runs_csv: str, out: str, settings: dict | None = None) -> None:
+    """Fig. 2: Δ mIoU (with − without intermediate), mean ± standard error over seeds."""
+    s = settings or {}
+    sns.set_theme(style=s.get("style", "whitegrid"))
+    d = delta(pd.read_csv(runs_csv))
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    palette = sns.color_palette(n_colors=max(1, d.pretrain.nunique()))
+    for colour, (p, part) in zip(palette, d.groupby("pretrain")):
+        ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
+                    color=colour, label=pretrain_label(p))
+    ax.axhline(0, color="grey", lw=1)
+    ax.set_xscale("log")
+    sizes = sorted(d.finetune.unique())
+    ax.set_xticks(sizes, [str(x) for x in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("fine-tune images (log scale)")
+    ax.set_ylabel("Δ mIoU (%), with − without intermediate")
+    ax.legend(title="pretraining")
+    save(fig, out, s.get("dpi", 150))
+
+
+def _image_grid(rows: list[list[np.ndarray]], titles: list[str], out: str, dpi: int) -> None:
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.0 * len(titles), 2.0 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            axes[r, c].imshow(img)
+            axes[r, c].axis("off")
+            if r == 0:
+                axes[r, c].set_title(titles[c])
+    fig.tight_layout()
+    save(fig, out, dpi)
+
+
+def _to_image(x: torch.Tensor) -> np.ndarray:
+    from sslseg.data.augment import denormalize
+
+    return (denormalize(x[None])[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def reconstructions(ckpt: str, pack_file: str, out: str, settings: dict, report: dict | None = None) -> None:
+    """Original / masked / reconstructed (visible patches pasted back) for the first images of a pack."""
+    from sslseg.data.augment import augment
+    from sslseg.data.pack import read_pack
+    from sslseg.models.checkpoint import load_model
+    from sslseg.objectives import SimMIM
+
+    report = report or {}
+    model = SimMIM(settings["model"], settings["mask_ratio"])
+    load_model(model, ckpt)
+    model.eval()
+    k = report.get("examples", 6)
+    images = torch.as_tensor(read_pack(pack_file, slice(0, k), ("images",))["images"])
+    size, p = settings["model"]["image_size"], settings["model"]["patch_size"]
+    o = max(0, (images.shape[1] - size) // 2)  # centre crop of the pack, as the model sees it
+    x, _ = augment(images[:, o:o + size, o:o + size], None, size, None)
+    _, outputs = model({"images": x}, torch.Generator().manual_seed(0))
+    mask = outputs["mask"].reshape(-1, size // p, size // p)
+    pixel_mask = mask.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None].float()
+    masked = x * (1 - pixel_mask)
+    pasted = x * (1 - pixel_mask) + outputs["pred"] * pixel_mask
+    rows = [[_to_image(x[i]), _to_image(masked[i]), _to_image(pasted[i])] for i in range(len(x))]
+    _image_grid(rows, ["original", "masked", "reconstructed"], out, report.get("dpi", 150))
+
+
+def segmentations(ckpt: str, pets: str, rows_file: str, out: str, settings: dict, report: dict | None = None) -> None:
+    """Input / truth / prediction for the first test images."""
+    from sslseg.data.pack import read_pack
+    from sslseg.models.checkpoint import load_model
+    from sslseg.objectives import Segment
+    from sslseg.stages import predict_masks, read_rows
+    from sslseg.train import pick_device
+
+    report = report or {}
+    rows = np.sort(read_rows(rows_file))[: report.get("examples", 6)]
+    arrays = read_pack(pets, rows)
+    model = Segment(settings["model"], 3)
+    load_model(model, ckpt)
+    size = settings["model"]["image_size"]
+    pred = predict_masks(model, arrays["images"], size, pick_device(settings.get("device", "auto")))
+    truth = torch.nn.functional.interpolate(torch.as_tensor(arrays["masks"])[:, None].float(), size=(size, size),
+                                            mode="nearest")[:, 0].long()
+    images = torch.nn.functional.interpolate(torch.as_tensor(arrays["images"]).permute(0, 3, 1, 2).float(),
+                                             size=(size, size), mode="bilinear").permute(0, 2, 3, 1)
+    grid = [[images[i].clamp(0, 255).byte().numpy(), TRIMAP_COLOURS[truth[i].numpy()], TRIMAP_COLOURS[pred[i].numpy()]]
+            for i in range(len(rows))]
+    _image_grid(grid, ["input", "truth", "prediction"], out, report.get("dpi", 150))

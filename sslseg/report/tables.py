@@ -1,0 +1,114 @@
+"""One CSV of every run, and the seeds' tables (mean ± std over seeds) in Markdown and CSV."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from sslseg.io import UserError, atomic_path, read_json
+
+RUN = re.compile(r"p(?P<pretrain>\d+)_i(?P<intermediate>[01])/n(?P<finetune>\d+)_s(?P<seed>\d+)/metrics\.json$")
+INTER = re.compile(r"intermediate/p(?P<pretrain>\d+)/accuracy\.json$")
+
+
+def _row(path: str) -> dict:
+    meta = read_json(path)
+    m = RUN.search(Path(path).as_posix()) or INTER.search(Path(path).as_posix())
+    if m is None:
+        raise UserError(f"{path}: not a metrics file of the workflow's layout")
+    row = {k: int(v) for k, v in m.groupdict().items()}
+    flat = {k: v for k, v in meta.items() if not isinstance(v, dict)}
+    for k, v in meta.get("iou", {}).items():
+        flat[f"iou_{k}"] = v
+    sidecar = Path(f"{path}.json")
+    if sidecar.exists():  # provenance: which code produced this number
+        side = read_json(sidecar)
+        flat.update(git_commit=side.get("git_commit"), sslseg=side.get("sslseg"), device=side.get("device"))
+    return {**row, **flat, "source": str(path)}
+
+
+def aggregate(paths: Sequence[str], out: str) -> pd.DataFrame:
+    """Collect per-run JSON metrics into one CSV, one row per run, sorted by the grid."""
+    df = pd.DataFrame([_row(p) for p in paths])
+    keys = [k for k in ("pretrain", "intermediate", "finetune", "seed") if k in df]
+    df = df.sort_values(keys).reset_index(drop=True)
+    write_csv(df, out)
+    return df
+
+
+def write_csv(df: pd.DataFrame, out: str | Path) -> None:
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std and count over seeds of pixel accuracy and mIoU (in %) per (pretrain, intermediate, finetune)."""
+    g = runs.assign(acc=runs.pixel_acc * 100, miou_pct=runs.miou * 100).groupby(["pretrain", "intermediate", "finetune"])
+    out = g.agg(acc_mean=("acc", "mean"), acc_std=("acc", "std"), miou_mean=("miou_pct", "mean"),
+                miou_std=("miou_pct", "std"), seeds=("seed", "count"))
+    return out.reset_index()
+
+
+def delta(runs: pd.DataFrame) -> pd.DataFrame:
+    """Δ mIoU (%) with − without the intermediate step, paired by (pretrain, finetune, seed);
+    mean and standard error (std / √k) over the k seeds."""
+    wide = runs.pivot_table(index=["pretrain", "finetune", "seed"], columns="intermediate", values="miou")
+    if not {0, 1} <= set(wide.columns):
+        return pd.DataFrame(columns=["pretrain", "finetune", "delta_mean", "delta_se", "seeds"])
+    d = ((wide[1] - wide[0]) * 100).dropna().rename("delta").reset_index()
+    g = d.groupby(["pretrain", "finetune"]).delta
+    out = pd.DataFrame({"delta_mean": g.mean(), "delta_se": g.std(ddof=1) / np.sqrt(g.count()), "seeds": g.count()})
+    return out.reset_index()
+
+
+def pretrain_label(n: int) -> str:
+    if n == 0:
+        return "none"
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def _pm(mean: float, std: float) -> str:
+    return f"{mean:.2f} ± {0.0 if np.isnan(std) else std:.2f}"
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+TABLES = {
+    "table1": ("Baseline (no pretraining) over seeds, by fine-tune size", lambda s: (s.pretrain == 0) & (s.intermediate == 0)),
+    "table_a2": ("Pretrained, by pretraining and fine-tune size", lambda s: (s.pretrain > 0) & (s.intermediate == 0)),
+    "table_a3": ("Pretrained + intermediate step, by pretraining and fine-tune size", lambda s: s.intermediate == 1),
+}
+
+
+def write_tables(runs_csv: str, outdir: str, settings: dict | None = None) -> None:
+    """Write summary.csv beside `outdir`, and in `outdir` the seeds' Tables 1, A2, A3 and the Δ table."""
+    runs = pd.read_csv(runs_csv)
+    summary = summarise(runs)
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv(summary, out.parent / "summary.csv")
+    for name, (title, select) in TABLES.items():
+        part = summary[select(summary)]
+        table = pd.DataFrame({
+            "# Pre-train": [pretrain_label(p) for p in part.pretrain],
+            "# Fine-tune": part.finetune.values,
+            "Accuracy (%)": [_pm(m, s) for m, s in zip(part.acc_mean, part.acc_std)],
+            "mIoU (%)": [_pm(m, s) for m, s in zip(part.miou_mean, part.miou_std)],
+            "Seeds": part.seeds.values,
+        })
+        if name == "table1":
+            table = table.drop(columns="# Pre-train")
+        write_csv(table, out / f"{name}.csv")
+        with atomic_path(out / f"{name}.md") as tmp:
+            tmp.write_text(f"**{title}** (mean ± std over seeds)\n\n" + (_markdown(table) if len(table) else "(no runs)\n"))
+    d = delta(runs)
+    write_csv(d, out / "delta.csv")

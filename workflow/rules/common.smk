@@ -1,0 +1,126 @@
+# The one place for Python in the workflow: config validation, paths, input functions.
+import json
+import sys
+
+sys.path.insert(0, workflow.basedir)  # the sslseg package beside this Snakefile
+
+from sslseg.config import stage_settings, validate
+from sslseg.io import UserError
+
+try:
+    validate(config, "config (config.yaml + --configfile/--config)")
+except UserError as e:
+    sys.exit(f"sslseg: error: {e}")
+
+R = f"results/{config['name']}"
+GRID = config["grid"]
+PRETRAIN_SIZES = sorted(set(GRID["pretrain_sizes"]))
+INTERMEDIATE = sorted({int(b) for b in GRID["intermediate"]})
+
+
+wildcard_constraints:
+    p=r"\d+",
+    i=r"[01]",
+    n=r"\d+",
+    seed=r"\d+",
+
+
+# Source files each stage runs, declared as inputs: Snakemake does not track imported
+# modules, so without this a code change to one stage would not rerun it.
+_COMMON = ["sslseg/__init__.py", "sslseg/io.py", "sslseg/cli.py", "sslseg/stages.py"]
+_TRAIN = _COMMON + [
+    "sslseg/train.py",
+    "sslseg/data/loader.py",
+    "sslseg/data/augment.py",
+    "sslseg/models/__init__.py",
+    "sslseg/models/vit.py",
+    "sslseg/models/heads.py",
+    "sslseg/models/checkpoint.py",
+]
+CODE = {
+    "demo": ["sslseg/data/demo.py", "sslseg/io.py"],
+    "pack": _COMMON + ["sslseg/data/sources.py", "sslseg/data/pack.py"],
+    "splits": _COMMON + ["sslseg/data/splits.py"],
+    "pretrain": _TRAIN + ["sslseg/objectives/simmim.py"],
+    "intermediate": _TRAIN + ["sslseg/objectives/classify.py"],
+    "finetune": _TRAIN + ["sslseg/objectives/segment.py"],
+    "evaluate": _TRAIN + ["sslseg/objectives/segment.py", "sslseg/metrics.py"],
+    "tables": ["sslseg/report/tables.py"],
+    "figures": ["sslseg/report/figures.py", "sslseg/report/tables.py"],
+    "examples": _TRAIN
+    + ["sslseg/report/figures.py", "sslseg/objectives/simmim.py", "sslseg/objectives/segment.py"],
+}
+
+
+def code(stage):
+    return CODE[stage]
+
+
+def settings(stage, **extra):
+    """JSON of exactly what a stage depends on; passed as `params`, so only its change reruns it."""
+    s = stage_settings(config, stage) if stage in ("pretrain", "intermediate", "finetune") else dict(config[stage])
+    if stage in ("evaluate",):
+        s.update(model=config["model"], device=config["device"], amp=config["train"]["amp"])
+    s.update(extra)
+    return json.dumps(s, sort_keys=True)
+
+
+def res(stage):
+    """Resources of a rule from config `resources:` (one place for local runs and sbatch)."""
+    r = dict(config["resources"].get("default", {}))
+    r.update(config["resources"].get(stage, {}))
+    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
+    if r["gpu"] and r["gpu_model"]:
+        out["gpu_model"] = r["gpu_model"]
+    return out
+
+
+def threads_of(stage):
+    r = dict(config["resources"].get("default", {}))
+    r.update(config["resources"].get(stage, {}))
+    return r["threads"]
+
+
+def source_root(kind):
+    """Where a dataset is read from: the generated demo folder, or the configured root."""
+    d = config["data"][kind]
+    if d["source"] == "demo":
+        return f"{R}/demo/" + {"pets": "", "pretrain": "imagenet", "intermediate": "intel"}[kind]
+    return d["root"]
+
+
+def demo_input(kind):
+    return [f"{R}/demo/.done"] if config["data"][kind]["source"] == "demo" else []
+
+
+def inits():
+    """(pretrain size, intermediate) pairs of the grid."""
+    return [(p, i) for p in PRETRAIN_SIZES for i in INTERMEDIATE]
+
+
+def init_checkpoint(wildcards):
+    p, i = int(wildcards.p), int(wildcards.i)
+    if i:
+        return f"{R}/intermediate/p{p}/model.pt"
+    return f"{R}/pretrain/p{p}/model.pt" if p else []
+
+
+def run_dirs():
+    return [
+        f"{R}/finetune/p{p}_i{i}/n{n}_s{s}"
+        for p, i in inits()
+        for n in GRID["finetune_sizes"]
+        for s in GRID["seeds"]
+    ]
+
+
+def all_outputs():
+    out = [f"{R}/report/runs.csv", f"{R}/report/tables/summary.csv", f"{R}/report/fig_miou.png"]
+    out.append(f"{R}/report/segmentations.png")
+    if any(PRETRAIN_SIZES):
+        out.append(f"{R}/report/reconstructions.png")
+    if INTERMEDIATE == [0, 1]:
+        out.append(f"{R}/report/fig_delta.png")
+    if 1 in INTERMEDIATE:
+        out.append(f"{R}/report/intermediate.csv")
+    return out
