@@ -16,7 +16,7 @@ from sslseg.data import sources
 from sslseg.data.augment import augment
 from sslseg.data.loader import Batches
 from sslseg.data.pack import load_arrays, pack, pack_length
-from sslseg.data.splits import finetune_subset, test_split
+from sslseg.data.splits import finetune_subset, draw_test_split
 from sslseg.io import UserError, atomic_path, write_json, write_sidecar
 from sslseg.metrics import confusion, scores
 from sslseg.models.checkpoint import load_backbone, load_model, save_checkpoint
@@ -62,7 +62,7 @@ def pack_folder(root: str, out: str, settings: dict, threads: int = 1) -> None:
 
 def splits(pets: str, test_out: str, pool_out: str, settings: dict) -> None:
     """The test set (seeded, default 42) and the fine-tune pool, as row-index files."""
-    pool, test = test_split(pack_length(pets), settings["test_size"], settings["test_seed"])
+    pool, test = draw_test_split(pack_length(pets), settings["test_size"], settings["test_seed"])
     write_rows(test_out, np.sort(test))
     write_rows(pool_out, pool)
 

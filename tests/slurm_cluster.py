@@ -2,8 +2,8 @@
 
 Starts munged, slurmctld and slurmd as plain background processes with every
 config, key, socket, spool, state and log file under one temporary directory,
-so it never touches /etc/slurm, /etc/munge or a cluster that already runs on the
-machine (own munge socket, own ports). Clients find it through ``SLURM_CONF``:
+so it leaves /etc/munge and any cluster already running on the machine alone
+(own munge key and socket, own ports). Clients find it through ``SLURM_CONF``:
 pass ``Cluster.env`` to every subprocess that calls ``sbatch``/``squeue`` (that
 includes Snakemake, which calls them for you).
 
@@ -134,8 +134,9 @@ class Cluster:
     def stop(self) -> None:
         """Cancel our jobs, then stop only the daemons this object started."""
         if self.procs.get("slurmctld") and self.procs["slurmctld"].poll() is None:
+            # running jobs' processes would outlive slurmd: cancel them first
             live = [j["JobId"] for j in self.jobs() if j["JobState"] not in FINAL_STATES]
-            if live:  # else slurmstepd/job processes outlive slurmd
+            if live:
                 subprocess.run([_which("scancel"), *live], env=self.env,
                                capture_output=True, timeout=30)
         for name in ("slurmd", "slurmctld", "munged"):  # reverse start order
@@ -157,7 +158,7 @@ def _write_config(root: Path, host: str) -> tuple[Path, Path]:
     """Write slurm.conf + gres.conf + a munge key under root; return conf, socket."""
     for sub in ("etc", "state", "spool", "log", "munge"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "munge").chmod(0o700)  # munged refuses group/other-writable dirs
+    (root / "munge").chmod(0o755)  # munged refuses group/other-writable dirs
     key = root / "munge" / "munge.key"
     if not key.exists():
         key.write_bytes(os.urandom(1024))
@@ -217,11 +218,15 @@ def start_cluster(tmp: Path, timeout: float = 60) -> Cluster:
     if DEFAULT_CONF.is_symlink() and not DEFAULT_CONF.exists():
         DEFAULT_CONF.unlink()  # left dangling by a run that was killed
     if DEFAULT_CONF.exists():
+        hint = " (a symlink: remove it if a killed test run left it)" * DEFAULT_CONF.is_symlink()
         raise ClusterUnavailable(
-            f"{DEFAULT_CONF} exists: job steps would talk to that cluster, not the "
+            f"{DEFAULT_CONF} exists{hint}: job steps would use that cluster, not the "
             "test one (the slurm-jobstep plugin drops SLURM_CONF)")
-    DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
-    DEFAULT_CONF.symlink_to(conf)
+    try:
+        DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
+        DEFAULT_CONF.symlink_to(conf)
+    except OSError as e:
+        raise ClusterUnavailable(f"cannot link {DEFAULT_CONF}: {e}") from e
     cluster.linked_conf = DEFAULT_CONF
     log = tmp / "log"
     daemons = {

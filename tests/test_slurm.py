@@ -9,7 +9,6 @@ Needs root + apt (installs slurm-wlm and munge when missing), else skips.
 import csv
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import copy_workflow
 from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,26 +93,13 @@ def test_smoke_profile_roundtrip(slurm_cluster, tmp_path):
                      f"job={by_rule['rule_gpu_step']['JobId']} cuda=0"], lines
 
 
-def copy_workflow(dest: Path) -> Path:
-    """The workflow as a user checks it out, without results or caches."""
-    skip = shutil.ignore_patterns("__pycache__", ".snakemake", "results")
-    dest.mkdir()
-    for name in ("Snakefile", "workflow", "sslseg", "config.yaml", "envs"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=skip)
-        else:
-            shutil.copy2(src, dest / name)
-    return dest
-
-
 def read_runs(workdir: Path) -> list[dict]:
     with open(workdir / "results" / "tiny" / "report" / "runs.csv", newline="") as f:
         return list(csv.DictReader(f))
 
 
 @pytest.mark.skipif(not (REPO / TINY).exists(), reason=f"{TINY} not written yet")
-def test_tiny_workflow_on_slurm_matches_local(slurm_cluster, tmp_path):
+def test_tiny_workflow_on_slurm_matches_local(slurm_cluster, tiny_run, tmp_path):
     """The tiny study through sbatch: every job COMPLETED, and the same metrics as a local run."""
     on_slurm = copy_workflow(tmp_path / "slurm")
     before = {j["JobId"] for j in slurm_cluster.jobs()}
@@ -121,10 +108,7 @@ def test_tiny_workflow_on_slurm_matches_local(slurm_cluster, tmp_path):
     assert run.returncode == 0, run.stdout[-5000:]
     check_jobs([j for j in slurm_cluster.jobs() if j["JobId"] not in before], run.stdout)
 
-    local = copy_workflow(tmp_path / "local")
-    run = snakemake(local, "--cores", "2", "--configfile", TINY, timeout=1200)
-    assert run.returncode == 0, run.stdout[-5000:]
-
+    local = tiny_run  # the same config run locally (session fixture)
     # CPU runs are deterministic from the seeds, wherever they ran
     slurm_rows, local_rows = read_runs(on_slurm), read_runs(local)
     assert len(slurm_rows) == len(local_rows) > 0

@@ -8,7 +8,7 @@ import torch
 from sslseg.io import UserError
 
 
-def test_split(n: int, test_size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
+def draw_test_split(n: int, test_size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
     """(pool, test) row indices, as `torch.utils.data.random_split(ds, [n - test, test],
     generator=torch.Generator().manual_seed(seed))` would draw them, which is how the
     seeds drew their 1000 test images."""

@@ -1,5 +1,6 @@
 # The one place for Python in the workflow: config validation, paths, input functions.
 import json
+import os
 import sys
 
 sys.path.insert(0, workflow.basedir)  # the sslseg package beside this Snakefile
@@ -16,13 +17,6 @@ R = f"results/{config['name']}"
 GRID = config["grid"]
 PRETRAIN_SIZES = sorted(set(GRID["pretrain_sizes"]))
 INTERMEDIATE = sorted({int(b) for b in GRID["intermediate"]})
-
-
-wildcard_constraints:
-    p=r"\d+",
-    i=r"[01]",
-    n=r"\d+",
-    seed=r"\d+",
 
 
 # Source files each stage runs, declared as inputs: Snakemake does not track imported
@@ -65,10 +59,20 @@ def settings(stage, **extra):
     return json.dumps(s, sort_keys=True)
 
 
-def res(stage):
-    """Resources of a rule from config `resources:` (one place for local runs and sbatch)."""
-    r = dict(config["resources"].get("default", {}))
+def report_settings(*keys):
+    """Only the report keys one figure rule uses, so changing the style reruns only `figures`."""
+    return json.dumps({k: config["report"][k] for k in keys}, sort_keys=True)
+
+
+def _resources(stage):
+    r = dict(config["resources"]["default"])
     r.update(config["resources"].get(stage, {}))
+    return r
+
+
+def res(stage):
+    """Resources from the config section `resources` (one place for local runs and sbatch)."""
+    r = _resources(stage)
     out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
     if r["gpu"] and r["gpu_model"]:
         out["gpu_model"] = r["gpu_model"]
@@ -76,9 +80,7 @@ def res(stage):
 
 
 def threads_of(stage):
-    r = dict(config["resources"].get("default", {}))
-    r.update(config["resources"].get(stage, {}))
-    return r["threads"]
+    return _resources(stage)["threads"]
 
 
 def source_root(kind):
@@ -112,6 +114,12 @@ def run_dirs():
         for n in GRID["finetune_sizes"]
         for s in GRID["seeds"]
     ]
+
+
+def largest_run():
+    """The fine-tune shown in the segmentation examples: most pretraining, most labels, first seed."""
+    p, i = max(inits(), key=lambda pi: (pi[0], -pi[1]))
+    return f"{R}/finetune/p{p}_i{i}/n{max(GRID['finetune_sizes'])}_s{GRID['seeds'][0]}/model.pt"
 
 
 def all_outputs():

@@ -1,6 +1,12 @@
 # Data: generated demo set (offline default), packing to HDF5, test split and nested subsets.
 
 
+# Seconds of work each: run them where Snakemake runs, not as cluster jobs.
+localrules:
+    splits,
+    subset,
+
+
 rule demo_data:
     input:
         code=code("demo"),
@@ -12,9 +18,12 @@ rule demo_data:
         pretrain=config["data"]["demo"]["pretrain"],
         intel=config["data"]["demo"]["intel_per_class"],
         seed=config["data"]["demo"]["seed"],
-        out=f"{R}/demo",
+        out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/demo_data.log",
+    threads: threads_of("default")
+    resources:
+        **res("default"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
@@ -30,7 +39,7 @@ rule pack_pets:
         pack=f"{R}/data/pets.h5",
         meta=f"{R}/data/pets.h5.json",
     params:
-        root=source_root("pets"),
+        root=lambda w: source_root("pets"),
         settings=json.dumps(
             {
                 "image_size": config["model"]["image_size"],
@@ -59,7 +68,7 @@ rule pack_pretrain:
         pack=f"{R}/data/pretrain.h5",
         meta=f"{R}/data/pretrain.h5.json",
     params:
-        root=source_root("pretrain"),
+        root=lambda w: source_root("pretrain"),
         settings=json.dumps(
             {
                 k: v

@@ -1,10 +1,12 @@
 # Aggregation, tables and figures; every figure and table goes into `snakemake --report`.
 
 
-def largest_run():
-    """The fine-tune shown in the segmentation examples: most pretraining, most labels, first seed."""
-    p, i = max(inits(), key=lambda pi: (pi[0], -pi[1]))
-    return f"{R}/finetune/p{p}_i{i}/n{max(GRID['finetune_sizes'])}_s{GRID['seeds'][0]}/model.pt"
+# Seconds of work each: run them where Snakemake runs, not as cluster jobs.
+localrules:
+    aggregate,
+    intermediate_accuracies,
+    tables,
+    figures,
 
 
 rule aggregate:
@@ -81,7 +83,7 @@ rule figures:
             else []
         ),
     params:
-        settings=json.dumps(config["report"], sort_keys=True),
+        settings=report_settings("style", "dpi"),
         delta=lambda w, output: f"--delta-out {output.delta}" if output.delta else "",
     log:
         f"{R}/logs/figures.log",
@@ -105,9 +107,12 @@ rule reconstructions:
         ),
     params:
         settings=settings("pretrain") if any(PRETRAIN_SIZES) else "{}",
-        report=json.dumps(config["report"], sort_keys=True),
+        report=report_settings("examples", "dpi"),
     log:
         f"{R}/logs/reconstructions.log",
+    threads: threads_of("evaluate")
+    resources:
+        **res("evaluate"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
@@ -129,9 +134,12 @@ rule segmentations:
         ),
     params:
         settings=settings("evaluate"),
-        report=json.dumps(config["report"], sort_keys=True),
+        report=report_settings("examples", "dpi"),
     log:
         f"{R}/logs/segmentations.log",
+    threads: threads_of("evaluate")
+    resources:
+        **res("evaluate"),
     conda:
         "../../envs/sslseg.yaml"
     shell:

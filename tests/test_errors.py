@@ -1,0 +1,95 @@
+"""Bad input: one line naming the file or key and the fix, a non-zero exit, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import ROOT, copy_workflow, snakemake
+
+
+def sslseg(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "sslseg", *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def pack_pets(root: Path, out: Path) -> subprocess.CompletedProcess:
+    return sslseg("pack-pets", "--root", str(root), "--out", str(out), "--settings", json.dumps({"image_size": 32}))
+
+
+def test_missing_dataset_folder(tmp_path):
+    one_line_error(pack_pets(tmp_path / "nowhere", tmp_path / "p.h5"), "nowhere", "data.pets.root")
+    assert not (tmp_path / "p.h5").exists()
+
+
+def test_corrupt_jpeg(pets_sample, tmp_path):
+    victim = sorted((pets_sample / "images").glob("*.jpg"))[3]
+    victim.write_bytes(victim.read_bytes()[:300])
+    one_line_error(pack_pets(pets_sample, tmp_path / "p.h5"), victim.name, "corrupt")
+    assert not list(tmp_path.glob("p.h5*"))  # no half pack, no temp file left
+
+
+def test_trimap_of_the_wrong_size(pets_sample, tmp_path):
+    victim = sorted((pets_sample / "annotations" / "trimaps").glob("*.png"))[0]
+    Image.open(victim).resize((10, 10)).save(victim)
+    one_line_error(pack_pets(pets_sample, tmp_path / "p.h5"), victim.name, "does not match")
+
+
+def test_trimap_with_values_outside_1_to_3(pets_sample, tmp_path):
+    victim = sorted((pets_sample / "annotations" / "trimaps").glob("*.png"))[1]
+    arr = np.asarray(Image.open(victim)).copy()
+    arr[0, 0] = 7
+    Image.fromarray(arr).save(victim)
+    one_line_error(pack_pets(pets_sample, tmp_path / "p.h5"), victim.name, "outside 1-3")
+
+
+def test_empty_image_folder(tmp_path):
+    (tmp_path / "empty").mkdir()
+    proc = sslseg("pack-folder", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "x.h5"),
+                  "--settings", json.dumps({"pack_size": 32}))
+    one_line_error(proc, "empty", "no images")
+
+
+def test_truncated_hdf5(pets_sample, tmp_path):
+    assert pack_pets(pets_sample, tmp_path / "p.h5").returncode == 0
+    data = (tmp_path / "p.h5").read_bytes()
+    (tmp_path / "p.h5").write_bytes(data[: len(data) // 3])
+    proc = sslseg("splits", "--pets", str(tmp_path / "p.h5"), "--test", str(tmp_path / "t.txt"),
+                  "--pool", str(tmp_path / "pool.txt"), "--settings", json.dumps({"test_size": 4, "test_seed": 42}))
+    one_line_error(proc, "p.h5", "truncated HDF5", "rerun the pack stage")
+    assert not (tmp_path / "t.txt").exists()
+
+
+def test_finetune_size_larger_than_the_pool(tmp_path):
+    np.savetxt(tmp_path / "pool.txt", np.arange(30), fmt="%d")
+    proc = sslseg("subset", "--pool", str(tmp_path / "pool.txt"), "--out", str(tmp_path / "s.txt"),
+                  "--size", "31", "--seed", "0")
+    one_line_error(proc, "grid.finetune_sizes: 31", "pool of 30")
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("grid: {seeds: [zero]}", "grid.seeds.0: 'zero' is not of type 'integer'"),
+    ("finetune: {lerning_rate: 0.1}", "finetune: unknown key ('lerning_rate' was unexpected)"),
+])
+def test_config_errors_name_the_key(tmp_path, override, needle):
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "bad.yaml").write_text(override + "\n")
+    proc = snakemake(wf, "-n", "--cores", "1", "--configfile", "bad.yaml", check=False)
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
