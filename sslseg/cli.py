@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--intel-per-class", {"type": int, "default": 20}), ("--seed", {"type": int, "default": 0}))
     cmd("pack-pets", "Oxford-IIIT Pet folder → HDF5", ("--root", req), ("--out", req), settings, threads)
     cmd("pack-folder", "folder of images (ImageNet/Intel layout) → HDF5", ("--root", req), ("--out", req), settings, threads)
+    cmd("extract-intel", "unpack Kaggle's Intel archive into seg_train/ and seg_test/", ("--archive", req), ("--out", req))
     cmd("splits", "test set and fine-tune pool", ("--pets", req), ("--test", req), ("--pool", req), settings)
     cmd("subset", "nested fine-tune subset", ("--pool", req), ("--out", req),
         ("--size", {"type": int, **req}), ("--seed", {"type": int, **req}))
@@ -89,6 +90,10 @@ def run(args: argparse.Namespace) -> None:
         stages.pack_pets(args.root, args.out, s, args.threads)
     elif c == "pack-folder":
         stages.pack_folder(args.root, args.out, s, args.threads)
+    elif c == "extract-intel":
+        from sslseg.data.sources import extract_intel
+
+        extract_intel(args.archive, args.out)
     elif c == "splits":
         stages.splits(args.pets, args.test, args.pool, s)
     elif c == "subset":

@@ -48,15 +48,22 @@ def pack_pets(root: str, out: str, settings: dict, threads: int = 1) -> None:
 
 def pack_folder(root: str, out: str, settings: dict, threads: int = 1) -> None:
     """A folder of images → HDF5; with settings["size"], a seeded nested subset of that size
-    (rows in subset order, so the first n rows are the subset of size n)."""
+    (rows in subset order, so the first n rows are the subset of size n).
+
+    settings: pack_size, resize, and optionally size/subset/subset_seed (pretraining),
+    classes (fixed label order, e.g. Intel's six), kind ("pretrain"/"intermediate", for
+    the message naming where to get missing data), source ("imagenette" fetches it).
+    """
     t0 = time.time()
-    records = sources.image_folder(root)
+    if settings.get("source") == "imagenette":
+        root = str(sources.imagenette(root, settings.get("download", False)))
+    records = sources.image_folder(root, settings.get("classes"), sources.HINTS.get(settings.get("kind", ""), ""))
     if settings.get("size"):
         records = sources.subset_records(records, settings["size"], settings.get("subset_seed", 0),
                                          settings.get("subset", "random"))
-    classes = sorted({r.image.parent.name for r in records})
+    classes = settings.get("classes") or sorted({r.image.parent.name for r in records})
     pack(records, out, settings["pack_size"], settings.get("resize", "crop"), threads,
-         {"source": str(root), "classes": classes})
+         {"source": str(root), "classes": list(classes)})
     write_sidecar(out, "pack_folder", settings, t0, images=len(records))
 
 

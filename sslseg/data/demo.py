@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sslseg.data.sources import INTEL_CLASSES
 from sslseg.io import atomic_path
 
-INTEL_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 BREEDS = ("Abyssinian", "Bengal", "american_bulldog", "beagle")
 
 

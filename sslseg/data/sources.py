@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -16,6 +16,7 @@ from PIL import Image
 from sslseg.io import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+INTEL_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
 PET_URL_HINT = "https://www.robots.ox.ac.uk/~vgg/data/pets/ (or set data.pets.download: true)"
 
 
@@ -91,21 +92,77 @@ def oxford_pets(root: str | Path, download: bool = False) -> list[Record]:
     return records
 
 
-def image_folder(root: str | Path) -> list[Record]:
+HINTS = {
+    "pretrain": "ImageNet cannot be downloaded automatically: get ILSVRC2012_img_train.tar from "
+                "https://image-net.org/download (login), extract it to <root>/<wnid>/*.JPEG and set "
+                "data.pretrain.root, or set data.pretrain.source: imagenette",
+    "intermediate": "get Intel Image Classification from https://www.kaggle.com/datasets/puneet6060/"
+                    "intel-image-classification and unzip it so that <root>/seg_train/<class>/ exists, or set "
+                    "data.intermediate.archive to the downloaded archive.zip",
+}
+
+
+def image_folder(root: str | Path, classes: Sequence[str] | None = None, hint: str = "") -> list[Record]:
     """Every image below `root` (ImageNet's `<wnid>/*.JPEG` layout or any tree), sorted.
 
-    The label is the index of the image's parent folder among all parent folders,
-    which is the class for ImageNet and Intel layouts.
+    The label is the index of the image's parent folder in `classes` (default: all
+    parent folders, sorted), which is the class for ImageNet and Intel layouts.
     """
     root = Path(root)
+    hint = f"; {hint}" if hint else "; set the config's data root to a folder of images"
     if not root.is_dir():
-        raise UserError(f"{root}: image folder not found; set the config's data root to a folder of images")
+        raise UserError(f"{root}: image folder not found{hint}")
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not paths:
-        raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below this folder")
-    classes = sorted({p.parent.relative_to(root).as_posix() for p in paths})
+        raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below this folder{hint}")
+    folder = {p: p.parent.relative_to(root).as_posix() for p in paths}
+    classes = list(classes) if classes else sorted(set(folder.values()))
     index = {c: i for i, c in enumerate(classes)}
-    return [Record(p.relative_to(root).as_posix(), p, None, index[p.parent.relative_to(root).as_posix()]) for p in paths]
+    unknown = sorted(set(folder.values()) - set(index))
+    if unknown:
+        raise UserError(f"{root}: folder {unknown[0]!r} is not one of the expected classes {classes}")
+    return [Record(p.relative_to(root).as_posix(), p, None, index[folder[p]]) for p in paths]
+
+
+def imagenette(root: str | Path, download: bool = False) -> Path:
+    """Imagenette (10 ImageNet classes, 160 px) through torchvision's downloader, which
+    verifies the archive's MD5. Returns the train folder (`<wnid>/*.JPEG`)."""
+    from torchvision.datasets import Imagenette
+
+    try:
+        ds = Imagenette(str(root), split="train", size="160px", download=download)
+    except RuntimeError as e:
+        raise UserError(f"{root}: {e}; set data.pretrain.download: true to fetch Imagenette (~100 MB)") from None
+    return Path(ds._image_root)
+
+
+def extract_intel(archive: str | Path, dest: str | Path) -> Path:
+    """Unpack Kaggle's Intel archive (which nests seg_train/seg_train/<class>/) into
+    `dest/seg_train/<class>/` and `dest/seg_test/<class>/`. Kaggle publishes no
+    checksum, so none is verified; class folders are checked instead."""
+    import shutil
+    import zipfile
+
+    archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise UserError(f"{archive}: archive not found; {HINTS['intermediate']}")
+    tmp = dest.with_name(dest.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as z:
+            z.extractall(tmp)
+    except zipfile.BadZipFile as e:
+        raise UserError(f"{archive}: not a valid zip archive ({e}); download it again") from None
+    for split in ("seg_train", "seg_test"):
+        found = [p for p in tmp.rglob(split) if p.is_dir() and any(c.name in INTEL_CLASSES for c in p.iterdir())]
+        if not found:
+            raise UserError(f"{archive}: no {split}/<class>/ folders inside; is this the Intel Image Classification archive?")
+        (dest / split).parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest / split, ignore_errors=True)
+        found[0].rename(dest / split)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
 
 
 def subset_records(records: list[Record], size: int, seed: int, mode: str) -> list[Record]:
@@ -135,5 +192,3 @@ def subset_records(records: list[Record], size: int, seed: int, mode: str) -> li
         raise UserError(f"data.pretrain.subset: unknown mode {mode!r}; use 'random' or 'stratified'")
     return [records[i] for i in order[:size]]
 
-
-SOURCES: dict[str, Callable[..., list[Record]]] = {"oxford": oxford_pets, "folder": image_folder}

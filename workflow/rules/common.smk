@@ -6,6 +6,7 @@ import sys
 sys.path.insert(0, workflow.basedir)  # the sslseg package beside this Snakefile
 
 from sslseg.config import stage_settings, validate
+from sslseg.data.sources import INTEL_CLASSES
 from sslseg.io import UserError
 
 try:
@@ -86,12 +87,17 @@ def threads_of(stage):
 def source_root(kind):
     """Where a dataset is read from: the generated demo folder, or the configured root."""
     d = config["data"][kind]
+    if kind == "intermediate" and d["archive"]:
+        return f"{R}/intel"
     if d["source"] == "demo":
         return f"{R}/demo/" + {"pets": "", "pretrain": "imagenet", "intermediate": "intel"}[kind]
     return d["root"]
 
 
-def demo_input(kind):
+def source_input(kind):
+    """The job that makes a dataset's folder, when the workflow makes it (demo, archive)."""
+    if kind == "intermediate" and config["data"][kind]["archive"]:
+        return [f"{R}/intel/.done"]
     return [f"{R}/demo/.done"] if config["data"][kind]["source"] == "demo" else []
 
 

@@ -31,9 +31,28 @@ rule demo_data:
         " --intel-per-class {params.intel} --seed {params.seed} > {log} 2>&1"
 
 
+rule extract_intel:
+    input:
+        archive=config["data"]["intermediate"]["archive"] or [],
+        code=code("pack"),
+    output:
+        touch(f"{R}/intel/.done"),
+    params:
+        dest=lambda w, output: os.path.dirname(output[0]),
+    log:
+        f"{R}/logs/extract_intel.log",
+    threads: threads_of("default")
+    resources:
+        **res("default"),
+    conda:
+        "../../envs/sslseg.yaml"
+    shell:
+        "python -m sslseg extract-intel --archive {input.archive} --out {params.dest} > {log} 2>&1"
+
+
 rule pack_pets:
     input:
-        demo_input("pets"),
+        source_input("pets"),
         code=code("pack"),
     output:
         pack=f"{R}/data/pets.h5",
@@ -62,7 +81,7 @@ rule pack_pets:
 
 rule pack_pretrain:
     input:
-        demo_input("pretrain"),
+        source_input("pretrain"),
         code=code("pack"),
     output:
         pack=f"{R}/data/pretrain.h5",
@@ -73,9 +92,9 @@ rule pack_pretrain:
             {
                 k: v
                 for k, v in config["data"]["pretrain"].items()
-                if k in ("subset", "subset_seed", "pack_size")
+                if k in ("source", "download", "subset", "subset_seed", "pack_size")
             }
-            | {"size": max(PRETRAIN_SIZES)},
+            | {"size": max(PRETRAIN_SIZES), "kind": "pretrain"},
             sort_keys=True,
         ),
     log:
@@ -94,7 +113,7 @@ rule pack_pretrain:
 
 rule pack_intermediate:
     input:
-        demo_input("intermediate"),
+        source_input("intermediate"),
         code=code("pack"),
     output:
         pack=f"{R}/data/intermediate_{{split}}.h5",
@@ -103,7 +122,14 @@ rule pack_intermediate:
         split="train|test",
     params:
         root=lambda w: f"{source_root('intermediate')}/seg_{w.split}",
-        settings=json.dumps({"pack_size": config["data"]["intermediate"]["pack_size"], "resize": "crop"}),
+        settings=json.dumps(
+            {
+                "pack_size": config["data"]["intermediate"]["pack_size"],
+                "resize": "crop",
+                "classes": INTEL_CLASSES,
+                "kind": "intermediate",
+            }
+        ),
     log:
         f"{R}/logs/pack_intermediate_{{split}}.log",
     threads: threads_of("pack")
