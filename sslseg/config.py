@@ -8,6 +8,7 @@ Errors come out as one line naming the key and what to do.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import yaml
@@ -82,3 +83,40 @@ def stage_settings(config: dict, stage: str) -> dict:
     """What one training stage depends on: its own section, the model, the loop settings, the device.
     Rules pass exactly this as `params`, so only a change here reruns the stage."""
     return {"stage": stage, "model": config["model"], "device": config["device"], **config["train"], **config[stage]}
+
+
+def reference_markdown() -> str:
+    """The config reference table of the README, generated from the schema (a test keeps them equal)."""
+    schema = yaml.safe_load(SCHEMA.read_text())
+    defs = schema.get("$defs", {})
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+
+    def resolve(sub: dict) -> dict:
+        ref = sub.get("$ref", "")
+        if ref.startswith("#/$defs/"):
+            target = defs
+            for part in ref[len("#/$defs/"):].split("/"):
+                target = target[part]
+            return {**target, **{k: v for k, v in sub.items() if k != "$ref"}}
+        return sub
+
+    def walk(props: dict, prefix: str) -> None:
+        for key, sub in props.items():
+            sub = resolve(sub)
+            name = f"{prefix}{key}"
+            if sub.get("type") == "object" and "properties" in sub and key not in ("augment",) \
+                    and not prefix.startswith("resources."):
+                walk(sub["properties"], name + ".")
+                continue
+            default = json.dumps(sub.get("default")) if "default" in sub else ""
+            meaning = sub.get("description", "")
+            if "enum" in sub:
+                meaning = (meaning + "; " if meaning else "") + "one of " + ", ".join(f"`{v}`" for v in sub["enum"])
+            rows.append(f"| `{name}` | `{default}` | {meaning} |")
+
+    walk(schema["properties"], "")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

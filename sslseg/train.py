@@ -67,6 +67,24 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def make_optimizer(objective: nn.Module, settings: dict, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW as every stage uses it; fused kernels on CUDA."""
+    return torch.optim.AdamW(objective.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"],
+                             fused=device.type == "cuda")
+
+
+def train_step(step_fn: Callable, opt: torch.optim.Optimizer, batch: dict, gen: torch.Generator | None,
+               amp: str, device: torch.device) -> torch.Tensor:
+    """One update on an augmented batch; returns the detached loss (no host sync).
+    Shared by `fit` and sslseg.bench, so the benchmark times exactly this step."""
+    with autocast(amp, device):
+        loss, _ = step_fn(batch, gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: dict, *,
         name: str, resume_path: Path, log_path: Path) -> dict:
     """Train `objective` (forward(batch, gen) → (loss, outputs)) for settings["epochs"].
@@ -76,8 +94,7 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     """
     device = batches.device
     objective.to(device)
-    fused = device.type == "cuda"
-    opt = torch.optim.AdamW(objective.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"], fused=fused)
+    opt = make_optimizer(objective, settings, device)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, settings["milestones"], settings["gamma"])
     start, history, key = 0, [], fingerprint(settings)
     if resume_path.exists():
@@ -109,13 +126,7 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
         bar = tqdm(batches.epoch(epoch_seed), total=steps, desc=f"{name} {epoch + 1}/{epochs}",
                    mininterval=5, disable=os.environ.get("SSLSEG_NO_BAR") == "1")
         for i, raw in enumerate(bar):
-            batch = transform(raw, gen)
-            with autocast(settings.get("amp", "auto"), device):
-                loss, _ = step_fn(batch, gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
+            loss_sum += train_step(step_fn, opt, transform(raw, gen), gen, settings.get("amp", "auto"), device)
             seen += raw["images"].shape[0]
             if (i + 1) % log_every == 0 or i + 1 == steps:  # the only host sync: every log_every steps
                 mean = loss_sum.item() / (i + 1)

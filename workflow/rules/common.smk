@@ -65,15 +65,9 @@ def report_settings(*keys):
     return json.dumps({k: config["report"][k] for k in keys}, sort_keys=True)
 
 
-def _resources(stage):
-    r = dict(config["resources"]["default"])
-    r.update(config["resources"].get(stage, {}))
-    return r
-
-
 def res(stage):
     """Resources from the config section `resources` (one place for local runs and sbatch)."""
-    r = _resources(stage)
+    r = config["resources"][stage]  # the schema filled every key
     out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
     if r["gpu"] and r["gpu_model"]:
         out["gpu_model"] = r["gpu_model"]
@@ -81,7 +75,7 @@ def res(stage):
 
 
 def threads_of(stage):
-    return _resources(stage)["threads"]
+    return config["resources"][stage]["threads"]
 
 
 def source_root(kind):
