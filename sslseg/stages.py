@@ -94,8 +94,18 @@ def _transform(aug: dict, size: int, label_key: str | None) -> callable:
     return apply
 
 
+def scale_for_device(settings: dict, device: torch.device) -> dict:
+    """On CUDA, batch x train.cuda_batch_multiplier with the LR scaled by train.lr_scaling."""
+    m = settings.get("cuda_batch_multiplier", 1) if device.type == "cuda" else 1
+    if m == 1:
+        return settings
+    factor = {"linear": m, "sqrt": m**0.5, "none": 1}[settings.get("lr_scaling", "linear")]
+    return {**settings, "batch_size": settings["batch_size"] * m, "lr": settings["lr"] * factor}
+
+
 def _train(objective, pack_file, rows, label_key, settings, out, log) -> dict:
     device = pick_device(settings.get("device", "auto"))
+    settings = scale_for_device(settings, device)
     keys = ("images",) + ((label_key,) if label_key else ())
     batches = Batches(pack_file, rows, settings["batch_size"], device, keys, settings.get("memory_gb", 8.0))
     transform = _transform(settings.get("augment", {}), settings["model"]["image_size"], label_key)
@@ -103,7 +113,7 @@ def _train(objective, pack_file, rows, label_key, settings, out, log) -> dict:
     stats = fit(objective, batches, transform, settings, name=settings["stage"], resume_path=resume, log_path=Path(log))
     save_checkpoint(out, objective, {"stage": settings["stage"], "settings": settings})
     resume.unlink(missing_ok=True)
-    stats["images"] = batches.n
+    stats.update(images=batches.n, batch_size=settings["batch_size"], lr=settings["lr"])
     return stats
 
 

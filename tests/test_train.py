@@ -87,3 +87,11 @@ def test_batch_larger_than_the_subset_is_a_clear_error(pets):
     with pytest.raises(UserError, match="finetune.batch_size: 64 is larger than the 12 training images"):
         stages.finetune(str(pets / "pets.h5"), str(pets / "rows.txt"), None, str(pets / "m.pt"),
                         str(pets / "m.csv"), _settings(batch_size=64))
+
+
+def test_cuda_batch_multiplier_scales_batch_and_lr_only_on_cuda():
+    s = _settings(batch_size=64, lr=1e-3, cuda_batch_multiplier=8, lr_scaling="linear")
+    assert stages.scale_for_device(s, torch.device("cpu")) == s
+    cuda = stages.scale_for_device(s, torch.device("cuda"))
+    assert cuda["batch_size"] == 512 and cuda["lr"] == pytest.approx(8e-3)
+    assert stages.scale_for_device({**s, "lr_scaling": "sqrt"}, torch.device("cuda"))["lr"] == pytest.approx(1e-3 * 8**0.5)

@@ -93,6 +93,9 @@ def write_tables(runs_csv: str, outdir: str, settings: dict | None = None) -> No
     """Write summary.csv beside `outdir`, and in `outdir` the seeds' Tables 1, A2, A3 and the Δ table."""
     runs = pd.read_csv(runs_csv)
     summary = summarise(runs)
+    commits = sorted(str(c) for c in runs.get("git_commit", pd.Series(dtype=str)).dropna().unique())
+    source = (f"\n_From {len(runs)} runs listed in `{Path(runs_csv).name}` (one row per run with its metrics file)"
+              f"; code commit(s): {', '.join(c[:12] for c in commits) or 'unknown'}._\n")
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(summary, out.parent / "summary.csv")
@@ -109,6 +112,7 @@ def write_tables(runs_csv: str, outdir: str, settings: dict | None = None) -> No
             table = table.drop(columns="# Pre-train")
         write_csv(table, out / f"{name}.csv")
         with atomic_path(out / f"{name}.md") as tmp:
-            tmp.write_text(f"**{title}** (mean ± std over seeds)\n\n" + (_markdown(table) if len(table) else "(no runs)\n"))
+            tmp.write_text(f"**{title}** (mean ± std over seeds)\n\n"
+                           + (_markdown(table) if len(table) else "(no runs)\n") + source)
     d = delta(runs)
     write_csv(d, out / "delta.csv")
