@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+
 import numpy as np
 import torch
 
 from sslseg.data import sources
 from sslseg.data.augment import augment
 from sslseg.data.loader import Batches
-from sslseg.data.pack import load_arrays, pack, pack_length
-from sslseg.data.splits import finetune_subset, draw_test_split
+from sslseg.data.pack import load_arrays, pack, pack_length, read_pack
+from sslseg.data.splits import draw_test_split, finetune_subset
 from sslseg.io import UserError, atomic_path, write_json, write_sidecar
 from sslseg.metrics import confusion, scores
 from sslseg.models.checkpoint import load_backbone, load_model, save_checkpoint
@@ -185,8 +186,6 @@ def score_segmenter(ckpt: str, arrays: dict, settings: dict) -> dict:
 
 def evaluate(ckpt: str, pets: str, rows_file: str, out: str, settings: dict) -> dict:
     """Pixel accuracy, per-class IoU, mIoU and foreground IoU of `ckpt` on the test rows."""
-    from sslseg.data.pack import read_pack
-
     t0 = time.time()
     rows = read_rows(rows_file)
     result = score_segmenter(ckpt, read_pack(pets, np.sort(rows)), settings)
@@ -205,8 +204,6 @@ def evaluate_folder(ckpt: str, root: str, settings: dict, threads: int = 1) -> d
 
 def intermediate_accuracy(ckpt: str, test_pack: str, out: str, settings: dict) -> dict:
     """Top-1 accuracy of an intermediate classifier on its test pack."""
-    from sslseg.data.pack import read_pack
-
     t0 = time.time()
     device = pick_device(settings.get("device", "auto"))
     model = Classify(settings["model"], settings["classes"])
