@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("segmentations", "segmentation examples", ("--ckpt", req), ("--pets", req), ("--rows", req), ("--out", req),
         settings, report)
     cmd("plan", "estimate the wall time of the configured grid", ("--config", {"default": "config.yaml"}),
-        ("--configfile", {"default": None}))
+        ("--configfile", {"default": None}),
+        ("--bench", {"default": None, "help": "JSON of python -m sslseg.bench (default BENCHMARKS.json if present)"}))
     return p
 
 
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> None:
     elif c == "plan":
         from sslseg.plan import print_plan
 
-        print_plan(args.config, args.configfile)
+        print_plan(args.config, args.configfile, args.bench)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -36,8 +36,10 @@ class Batches:
         if not self.streamed:
             sel = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if contiguous else self.rows
             self.arrays = {k: torch.from_numpy(v) for k, v in read_pack(self.pack, sel, self.keys).items()}
-            if device.type == "cuda":  # pinned host memory makes the uint8 copy asynchronous
-                self.arrays = {k: v.pin_memory() for k, v in self.arrays.items()}
+            if device.type == "cuda":
+                # The uint8 rows fit the budget: keep them on the GPU and gather batches there,
+                # so no per-step host gather or host-to-device copy is left in the loop.
+                self.arrays = {k: v.to(device) for k, v in self.arrays.items()}
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -52,7 +54,7 @@ class Batches:
             return
         order = torch.arange(self.n) if seed is None else torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
             yield self._to_device({k: v[idx] for k, v in self.arrays.items()})
 
     def _stream(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:

@@ -1,0 +1,76 @@
+"""The benchmark (so it cannot rot) and the planner's arithmetic."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sslseg.config import load_config
+from sslseg.plan import STARTUP_S, count_work, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "workflow" / "configs" / "tiny.yaml"
+MEASUREMENTS = [f"{k}_{t}" for t in ("simmim", "finetune") for k in "abcd"] + ["evaluate", "pack"]
+
+
+@pytest.mark.slow
+def test_quick_bench_measures_everything(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "sslseg.bench", "--quick", "--device", "cpu", "--json", str(out)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    for name in MEASUREMENTS:
+        assert result["measurements"][name]["images_per_s"] > 0, name
+        assert result["measurements"][name]["peak_mb"] >= 0, name
+    for task in ("simmim", "finetune"):
+        assert set(result["ratios"][task]) == {"a/b", "a/c", "d/a"}
+        assert all(v > 0 for v in result["ratios"][task].values())
+        assert result["flops_per_image"][task] > 0
+        assert result["settings"][task]["compile"] is False  # --quick never pays for compiling
+    assert "target a/b simmim" in proc.stdout and "finetune: a/b" in proc.stdout
+    # the planner reads what the bench wrote
+    p = plan(load_config(ROOT / "config.yaml", TINY), result, tmp_path)
+    assert p["total_hours"] > 0 and set(p["runtime"]) == {"pack", "pretrain", "intermediate", "finetune", "evaluate"}
+
+
+def test_plan_counts_image_steps_of_the_tiny_grid(tmp_path):
+    cfg = load_config(ROOT / "config.yaml", TINY)
+    work = count_work(cfg, "cpu", tmp_path)
+    # pretrain: sizes {0, 16}: one job, 16 images x 2 epochs (batch 8 divides 16)
+    assert work["pretrain"] == {"jobs": 1, "images": 32, "largest": 32}
+    # intermediate: with and without pretraining; demo Intel train = 6 classes x 4 = 24, 1 epoch
+    assert work["intermediate"] == {"jobs": 2, "images": 48, "largest": 24}
+    assert work["intermediate_eval"] == {"jobs": 2, "images": 2 * 12, "largest": 12}
+    # finetune: 4 inits x sizes {4, 8} x 2 seeds, 2 epochs, batch 4
+    assert work["finetune"] == {"jobs": 16, "images": 4 * 2 * (4 + 8) * 2, "largest": 16}
+    assert work["evaluate"] == {"jobs": 16, "images": 16 * 8, "largest": 8}
+    assert work["pack"] == {"jobs": 4, "images": 24 + 16 + 24 + 12, "largest": 24}
+
+
+def test_plan_uses_the_packed_size_whole_batches_and_scales_by_model(tmp_path):
+    import h5py
+    import numpy as np
+
+    cfg = load_config(ROOT / "config.yaml", TINY)
+    data = tmp_path / "results" / "tiny" / "data"
+    data.mkdir(parents=True)
+    with h5py.File(data / "intermediate_train.h5", "w") as f:
+        f["images"] = np.zeros((30, 4, 4, 3), np.uint8)
+    work = count_work(cfg, "cpu", tmp_path)
+    assert work["intermediate"]["largest"] == 24  # 30 packed, batch 8: 3 whole batches
+    bench = {"device": "cpu", "compile_s": {}, "measurements": {k: {"images_per_s": 10.0} for k in MEASUREMENTS},
+             "settings": {t: {**cfg["model"], "compile": False} for t in ("simmim", "finetune")}}
+    p = plan(cfg, bench, tmp_path)
+    assert p["stages"]["pretrain"]["images_per_s"] == pytest.approx(10.0)  # same model: no scaling
+    assert p["stages"]["pretrain"]["hours"] == pytest.approx((32 / 10 + STARTUP_S) / 3600)
+    at64 = {**cfg["model"], "image_size": 64, "compile": False}
+    bigger = {**bench, "settings": {"simmim": at64, "finetune": at64}}
+    faster = plan(cfg, bigger, tmp_path)["stages"]["pretrain"]["images_per_s"]
+    assert 3.3 < faster / 10.0 < 3.5  # benchmarked at 64 px (17 tokens), planned at 32 px (5 tokens)
