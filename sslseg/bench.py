@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from sslseg import stages
-from sslseg.config import load_config, stage_settings
+from sslseg.config import load_config, rule_resources, stage_settings
 from sslseg.data.loader import Batches
 from sslseg.data.pack import pack, read_pack
 from sslseg.data.sources import Record
@@ -241,8 +241,7 @@ def _forever(batches: Batches) -> Iterator[dict]:
 def _threads(cfg: dict, rule: str, args: argparse.Namespace) -> int:
     """The rule's `threads` (what --threads gives its job), capped at this machine's cores. --quick
     uses 1: a 2-thread step on cores that others keep busy stalls at every OpenMP barrier."""
-    res = {**cfg["resources"]["default"], **cfg["resources"].get(rule, {})}
-    n = 1 if args.quick else min(res["threads"], os.cpu_count() or 1)
+    n = 1 if args.quick else min(rule_resources(cfg, rule)["threads"], os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
 
@@ -327,14 +326,14 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, args: arg
 
 
 def bench_eval(cfg: dict, device: torch.device, data: dict, args: argparse.Namespace) -> dict:
-    """stages.predict_masks over the packed pets (host uint8 → device → augment → forward), as evaluate runs."""
+    """stages.predict_classes over the packed pets (host uint8 → device → augment → forward), as evaluate runs."""
     s = {**cfg["evaluate"], "model": _settings(cfg, "finetune", device, args.quick)["model"], "amp": cfg["train"]["amp"]}
     threads = _threads(cfg, "evaluate", args)
     base_kb = _status_kb("VmRSS")
     model = Segment(s["model"], 3)
     images = read_pack(data["finetune"], None, ("images",))["images"]
     def run() -> int:
-        return len(stages.predict_masks(model, images, s["model"]["image_size"], device, s["batch_size"], s["amp"]))
+        return len(stages.predict_classes(model, images, s["model"]["image_size"], device, s["batch_size"], s["amp"]))
 
     run()
     return {**interleaved({"evaluate": run}, args.seconds, 1, device, base_kb)["evaluate"], "threads": threads}
@@ -402,7 +401,7 @@ def render(result: dict) -> str:
                 gflops = "" if k in "ds" else f"{r['images_per_s'] * result['flops_per_image'][task] / 1e9:.1f}"
                 lines.append(f"({k}) {NAMES[k]:<46}{r['images_per_s']:>9.1f}{r['peak_mb']:>9.0f}{gflops:>9}")
     j = result["jpeg"]
-    for key, label in (("evaluate", "evaluate (predict_masks, finetune model)"),
+    for key, label in (("evaluate", "evaluate (predict_classes, finetune model)"),
                        ("pack", "pack (JPEG decode + resize + HDF5 write)")):
         lines.append(f"{label:<50}{m[key]['images_per_s']:>9.1f}{m[key]['peak_mb']:>9.0f}")
     lines[-1] += f"   {j['count']} JPEGs {j['size']}, {j['mean_kb']:.0f} KB mean, {m['pack']['threads']} threads"

@@ -85,6 +85,12 @@ def stage_settings(config: dict, stage: str) -> dict:
     return {"stage": stage, "model": config["model"], "device": config["device"], **config["train"], **config[stage]}
 
 
+def rule_resources(config: dict, rule: str) -> dict:
+    """threads, mem_mb, runtime, gpu, gpu_model of one rule's resources entry (the schema
+    fills every key), as the workflow, the planner and the benchmark all read them."""
+    return config["resources"][rule]
+
+
 def reference_markdown() -> str:
     """The config reference table of the README, generated from the schema (a test keeps them equal)."""
     schema = yaml.safe_load(SCHEMA.read_text())

@@ -14,7 +14,7 @@ import math
 import os
 from pathlib import Path
 
-from sslseg.config import load_config, stage_settings
+from sslseg.config import load_config, rule_resources, stage_settings
 from sslseg.io import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
     rates = {}
     for key, stage in (("a_simmim", "pretrain"), ("a_finetune", "finetune")):
         s = scale_for_device(stage_settings(cfg, stage), device)
-        res = {**cfg["resources"]["default"], **cfg["resources"].get(stage, {})}
+        res = rule_resources(cfg, stage)
         torch.set_num_threads(min(res["threads"], os.cpu_count() or 1))  # as the job will run
         size, bs = s["model"]["image_size"], s["batch_size"]
         batch = {"images": torch.randn(bs, 3, size, size, device=device),
@@ -169,7 +169,7 @@ def plan(cfg: dict, bench: dict, root: Path = Path(".")) -> dict:
         task = "simmim" if meas == "a_simmim" else "finetune"
         scale = 1.0 if stage == "pack" else _cost(bench["settings"][task]) / _cost(cfg["model"])
         if bench["device"] == "cpu":  # CPU throughput follows the threads the rule gives its job
-            res = {**cfg["resources"]["default"], **cfg["resources"].get(res_key, {})}
+            res = rule_resources(cfg, res_key)
             measured = m.get(meas, {}).get("threads") or bench["settings"][task].get("threads")
             scale *= min(res["threads"], bench.get("cpus") or res["threads"]) / measured if measured else 1.0
         rate = m[meas]["images_per_s"] * scale if meas in m else None
@@ -208,7 +208,7 @@ def print_plan(config_path: str, extra_configfile: str | None = None, bench_path
           "   (jobs one after another on one device; n devices at once divide it by up to n)")
     print(f"suggested resources.<rule>.runtime (minutes; longest job x {HEADROOM}, with start-up and compile):")
     for key, minutes in result["runtime"].items():
-        have = {**cfg["resources"]["default"], **cfg["resources"].get(key, {})}["runtime"]
+        have = rule_resources(cfg, key)["runtime"]
         flag = "  <- too short: jobs would be killed" if have < minutes else ""
         print(f"  {key + ':':<14}{minutes:>6}   (configured: {have}){flag}")
     return result

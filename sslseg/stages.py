@@ -160,9 +160,10 @@ def finetune(pets: str, rows_file: str, init: str | None, out: str, log: str, se
 # --- evaluation -------------------------------------------------------------------------------
 
 @torch.no_grad()
-def predict_masks(model: Segment, images: np.ndarray | torch.Tensor, size: int, device: torch.device,
-                  batch_size: int = 128, amp: str = "auto") -> torch.Tensor:
-    """uint8 (N, H, W, 3) → predicted classes (N, S, S) on the CPU."""
+def predict_classes(model: Segment | Classify, images: np.ndarray | torch.Tensor, size: int, device: torch.device,
+                    batch_size: int = 128, amp: str = "auto") -> torch.Tensor:
+    """uint8 (N, H, W, 3) → the argmax class on the CPU: (N, S, S) pixels for a Segment,
+    (N,) images for a Classify."""
     model.eval().to(device)
     images = torch.as_tensor(images)
     out = []
@@ -170,14 +171,16 @@ def predict_masks(model: Segment, images: np.ndarray | torch.Tensor, size: int, 
         x, _ = augment(images[i:i + batch_size].to(device), None, size, None)
         with autocast(amp, device):
             out.append(model.predict(x).argmax(1).cpu())
-    return torch.cat(out) if out else torch.empty(0, size, size, dtype=torch.long)
+    if not out:
+        return torch.empty((0, size, size) if isinstance(model, Segment) else (0,), dtype=torch.long)
+    return torch.cat(out)
 
 
 def score_segmenter(ckpt: str, arrays: dict, settings: dict) -> dict:
     device = pick_device(settings.get("device", "auto"))
     model = Segment(settings["model"], 3)
     load_model(model, ckpt)
-    pred = predict_masks(model, arrays["images"], settings["model"]["image_size"], device, settings["batch_size"])
+    pred = predict_classes(model, arrays["images"], settings["model"]["image_size"], device, settings["batch_size"])
     masks = torch.as_tensor(arrays["masks"]).long()
     if masks.shape[-1] != pred.shape[-1]:  # labels stay at pack resolution; score at model resolution
         masks = torch.nn.functional.interpolate(masks[:, None].float(), size=pred.shape[-2:], mode="nearest")[:, 0].long()
@@ -208,15 +211,9 @@ def intermediate_accuracy(ckpt: str, test_pack: str, out: str, settings: dict) -
     device = pick_device(settings.get("device", "auto"))
     model = Classify(settings["model"], settings["classes"])
     load_model(model, ckpt)
-    model.eval().to(device)
     arrays = read_pack(test_pack, None, ("images", "labels"))
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(arrays["images"]), settings["batch_size"]):
-            x, _ = augment(torch.as_tensor(arrays["images"][i:i + settings["batch_size"]]).to(device), None,
-                           settings["model"]["image_size"], None)
-            pred = model.predict(x).argmax(1).cpu()
-            correct += int((pred == torch.as_tensor(arrays["labels"][i:i + settings["batch_size"]]).long()).sum())
+    pred = predict_classes(model, arrays["images"], settings["model"]["image_size"], device, settings["batch_size"])
+    correct = int((pred == torch.as_tensor(arrays["labels"]).long()).sum())
     result = {"accuracy": correct / len(arrays["images"]), "images": len(arrays["images"]), "checkpoint": str(ckpt)}
     write_json(out, result)
     write_sidecar(out, "intermediate_eval", settings, t0, device=str(device))

@@ -29,6 +29,15 @@ def save(fig: plt.Figure, out: str | Path, dpi: int = 150) -> None:
     plt.close(fig)
 
 
+def _size_axis(ax: plt.Axes, finetune: pd.Series) -> None:
+    """Fine-tune sizes on a log x axis, ticked at exactly the sizes of the grid."""
+    ax.set_xscale("log")
+    sizes = sorted(finetune.unique())
+    ax.set_xticks(sizes, [str(x) for x in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("fine-tune images (log scale)")
+
+
 def miou_figure(runs_csv: str, out: str, settings: dict | None = None) -> None:
     """Fig. 1: test mIoU vs fine-tune size, a line per pretraining size, error bars = std over seeds."""
     s = settings or {}
@@ -44,11 +53,7 @@ def miou_figure(runs_csv: str, out: str, settings: dict | None = None) -> None:
     sns.lineplot(data=runs, x="finetune", y="mIoU (%)", hue="pretraining", hue_order=order,
                  style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
                  errorbar="sd", err_style="bars", ax=ax)
-    ax.set_xscale("log")
-    sizes = sorted(runs.finetune.unique())
-    ax.set_xticks(sizes, [str(x) for x in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("fine-tune images (log scale)")
+    _size_axis(ax, runs.finetune)
     ax.set_title(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
     save(fig, out, s.get("dpi", 150))
 
@@ -64,11 +69,7 @@ def delta_figure(runs_csv: str, out: str, settings: dict | None = None) -> None:
         ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
                     color=colour, label=pretrain_label(p))
     ax.axhline(0, color="grey", lw=1)
-    ax.set_xscale("log")
-    sizes = sorted(d.finetune.unique())
-    ax.set_xticks(sizes, [str(x) for x in sizes])
-    ax.minorticks_off()
-    ax.set_xlabel("fine-tune images (log scale)")
+    _size_axis(ax, d.finetune)
     ax.set_ylabel("Δ mIoU (%), with − without intermediate")
     ax.legend(title="pretraining")
     save(fig, out, s.get("dpi", 150))
@@ -123,7 +124,7 @@ def segmentations(ckpt: str, pets: str, rows_file: str, out: str, settings: dict
     from sslseg.data.pack import read_pack
     from sslseg.models.checkpoint import load_model
     from sslseg.objectives import Segment
-    from sslseg.stages import predict_masks, read_rows
+    from sslseg.stages import predict_classes, read_rows
     from sslseg.train import pick_device
 
     report = report or {}
@@ -132,7 +133,7 @@ def segmentations(ckpt: str, pets: str, rows_file: str, out: str, settings: dict
     model = Segment(settings["model"], 3)
     load_model(model, ckpt)
     size = settings["model"]["image_size"]
-    pred = predict_masks(model, arrays["images"], size, pick_device(settings.get("device", "auto")))
+    pred = predict_classes(model, arrays["images"], size, pick_device(settings.get("device", "auto")))
     truth = torch.nn.functional.interpolate(torch.as_tensor(arrays["masks"])[:, None].float(), size=(size, size),
                                             mode="nearest")[:, 0].long()
     images = torch.nn.functional.interpolate(torch.as_tensor(arrays["images"]).permute(0, 3, 1, 2).float(),

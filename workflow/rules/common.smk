@@ -5,7 +5,7 @@ import sys
 
 sys.path.insert(0, workflow.basedir)  # the sslseg package beside this Snakefile
 
-from sslseg.config import stage_settings, validate
+from sslseg.config import rule_resources, stage_settings, validate
 from sslseg.data.sources import INTEL_CLASSES
 from sslseg.io import UserError
 
@@ -67,7 +67,7 @@ def report_settings(*keys):
 
 def res(stage):
     """Resources from the config section `resources` (one place for local runs and sbatch)."""
-    r = config["resources"][stage]  # the schema filled every key
+    r = rule_resources(config, stage)
     out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
     if r["gpu"] and r["gpu_model"]:
         out["gpu_model"] = r["gpu_model"]
@@ -75,7 +75,7 @@ def res(stage):
 
 
 def threads_of(stage):
-    return config["resources"][stage]["threads"]
+    return rule_resources(config, stage)["threads"]
 
 
 def source_root(kind):
