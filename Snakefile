@@ -8,13 +8,6 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-wildcard_constraints:
-    p=r"\d+",  # pretraining images (0: none)
-    i=r"[01]",  # intermediate step off/on
-    n=r"\d+",  # fine-tune images
-    seed=r"\d+",
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/pretrain.smk"

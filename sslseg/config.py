@@ -49,6 +49,9 @@ def validate(config: dict, source: str = "config") -> dict:
         if error.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown key")
         raise UserError(f"{source}: {key}: {message}; {hint}")
+    from sslseg import grid
+
+    grid.check(config)
     return config
 
 
@@ -79,10 +82,40 @@ def load_config(path: str | Path = "config.yaml", extra: str | Path | None = Non
     return validate(config, str(extra or path))
 
 
-def stage_settings(config: dict, stage: str) -> dict:
-    """What one training stage depends on: its own section, the model, the loop settings, the device.
+# The objective each stage trains, and the classes it predicts (fixed by its dataset).
+STAGE_OBJECTIVES = {"intermediate": ("classify", 6), "finetune": ("segment", 3)}
+
+
+def model_settings(config: dict, backbone: str) -> dict:
+    """The `model` slice every model-building stage receives: the run's backbone + `model:`."""
+    return {"backbone": backbone, **config["model"]}
+
+
+def stage_settings(config: dict, stage: str, run) -> dict:
+    """What one training stage of `run` (a sslseg.grid.Run) depends on: its own section, the
+    objective and its settings, the model, the loop settings that change results, the device.
     Rules pass exactly this as `params`, so only a change here reruns the stage."""
-    return {"stage": stage, "model": config["model"], "device": config["device"], **config["train"], **config[stage]}
+    if stage == "pretrain":
+        objective, extra = run.objective, config["objectives"].get(run.objective, {})
+    else:
+        objective, classes = STAGE_OBJECTIVES[stage]
+        extra = {"classes": classes}
+    s = {"stage": stage, "objective": objective, "model": model_settings(config, run.backbone),
+         "device": config["device"], **config["train"], **config[stage], **extra}
+    if stage == "finetune":
+        s["seed"] = run.seed
+    return s
+
+
+def eval_settings(config: dict, backbone: str) -> dict:
+    """What an evaluation or example figure depends on (never the loop's runtime settings)."""
+    return {"model": model_settings(config, backbone), "device": config["device"], "amp": config["train"]["amp"],
+            **config["evaluate"]}
+
+
+def runtime_settings(config: dict) -> dict:
+    """Settings that cannot change a result: passed to jobs outside their params."""
+    return dict(config["runtime"])
 
 
 def rule_resources(config: dict, rule: str) -> dict:

@@ -1,10 +1,14 @@
 """The one training loop. Every stage (pretrain, intermediate, fine-tune) runs through `fit`.
 
-Per epoch it seeds the global RNG and the batch order from (seed, epoch), so a
-run resumed from an epoch checkpoint continues exactly as an uninterrupted one
-would (bitwise on CPU). Checkpoints are written atomically every
-`checkpoint_every` epochs; a stage restarted with the same settings resumes
-from the last one, with other settings it starts over.
+The budget is `epochs`, or `iterations` steps (the last epoch then stops part-way);
+the learning rate of every step is `sslseg.optim.lr_at(step)`, set on each param
+group before the step. Per epoch the loop seeds the global RNG and the batch order
+from (seed, epoch), so a run resumed from an epoch checkpoint continues exactly as
+an uninterrupted one would (bitwise on CPU). Checkpoints are written atomically
+every `checkpoint_every` epochs; a stage restarted with the same settings resumes
+from the last one, with other settings it starts over. `runtime` settings
+(log_every, checkpoint_every, memory_gb: how, not what, is computed) are left out
+of that comparison.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
+from itertools import islice
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +30,9 @@ from tqdm import tqdm
 
 from sslseg.data.loader import Batches
 from sslseg.io import UserError, atomic_path, save_torch
+from sslseg.optim import freeze, lr_at, make_optimizer, total_steps
+
+__all__ = ["autocast", "fingerprint", "fit", "make_optimizer", "pick_device", "train_step", "use_compile"]
 
 Transform = Callable[[dict, torch.Generator], dict]
 
@@ -69,12 +77,6 @@ def _write_log(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def make_optimizer(objective: nn.Module, settings: dict, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW as every stage uses it; fused kernels on CUDA."""
-    return torch.optim.AdamW(objective.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"],
-                             fused=device.type == "cuda")
-
-
 def train_step(step_fn: Callable, opt: torch.optim.Optimizer, batch: dict, gen: torch.Generator | None,
                amp: str, device: torch.device) -> torch.Tensor:
     """One update on an augmented batch; returns the detached loss (no host sync).
@@ -87,68 +89,78 @@ def train_step(step_fn: Callable, opt: torch.optim.Optimizer, batch: dict, gen: 
     return loss.detach()
 
 
-def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: dict, *,
+def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: dict, *, runtime: dict,
         name: str, resume_path: Path, log_path: Path) -> dict:
-    """Train `objective` (forward(batch, gen) → (loss, outputs)) for settings["epochs"].
+    """Train `objective` (forward(batch, gen) → (loss, outputs)) for the budget in `settings`.
 
-    settings: epochs, lr, weight_decay, milestones, gamma, seed, checkpoint_every,
-    log_every, compile, amp. Returns {"history": [...], "images_per_s": ...}.
+    settings: a training stage's (see the schema's $defs/optim): epochs, iterations, lr,
+    optimizer, momentum, weight_decay, schedule, milestones, gamma, warmup, freeze, seed,
+    compile, amp. runtime: log_every, checkpoint_every (and any other key that cannot
+    change a result; none of them is part of the resume fingerprint). Returns
+    {"history": [one row per epoch], "images_per_s", "device", "compiled", "steps"}.
     """
     device = batches.device
     objective.to(device)
+    frozen = freeze(objective, settings["freeze"], name)
     opt = make_optimizer(objective, settings, device)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, settings["milestones"], settings["gamma"])
-    start, history, key = 0, [], fingerprint(settings)
+    per_epoch = len(batches)
+    if per_epoch == 0:
+        raise UserError(f"{name}.batch_size: {batches.batch_size} is larger than the {batches.n} training images; lower it")
+    budget = total_steps(settings, per_epoch)
+    epochs = -(-budget // per_epoch)
+    start, history = 0, []
+    key = fingerprint({k: v for k, v in settings.items() if k not in runtime})
     if resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=False)
         if state.get("fingerprint") == key:
             objective.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
             start, history = state["epoch"], state["history"]
             print(f"[{name}] resuming from {resume_path} at epoch {start}", flush=True)
         else:
             print(f"[{name}] ignoring {resume_path}: written with other settings", flush=True)
 
-    epochs = settings["epochs"]
-    steps = len(batches)
-    if steps == 0:
-        raise UserError(f"{name}.batch_size: {batches.batch_size} is larger than the {batches.n} training images; lower it")
     step_fn = objective
-    if use_compile(settings.get("compile", "auto"), device, (epochs - start) * steps * batches.batch_size):
+    if use_compile(settings["compile"], device, (budget - start * per_epoch) * batches.batch_size):
         step_fn = torch.compile(objective)
-    log_every = max(1, settings.get("log_every", 10))
+    log_every = runtime["log_every"]
     seen_total, time_total = 0, 0.0
     for epoch in range(start, epochs):
+        first, steps = epoch * per_epoch, min(per_epoch, budget - epoch * per_epoch)
         epoch_seed = settings["seed"] * 100_003 + epoch
         torch.manual_seed(epoch_seed)  # dropout, MixUp: reproducible per epoch, so resumes match
         gen = torch.Generator().manual_seed(epoch_seed)
         objective.train()
+        for module in frozen:  # BatchNorm statistics and dropout leave frozen parts as they were
+            module.eval()
         loss_sum, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
-        bar = tqdm(batches.epoch(epoch_seed), total=steps, desc=f"{name} {epoch + 1}/{epochs}",
-                   mininterval=5, disable=os.environ.get("SSLSEG_NO_BAR") == "1")
-        for i, raw in enumerate(bar):
-            loss_sum += train_step(step_fn, opt, transform(raw, gen), gen, settings.get("amp", "auto"), device)
-            seen += raw["images"].shape[0]
-            if (i + 1) % log_every == 0 or i + 1 == steps:  # the only host sync: every log_every steps
-                mean = loss_sum.item() / (i + 1)
-                if not math.isfinite(mean):
-                    raise UserError(
-                        f"{name}: non-finite loss ({mean}) at epoch {epoch + 1}, step {i + 1} with lr "
-                        f"{opt.param_groups[0]['lr']:g}; lower {name}.lr or check the input data"
-                    )
-                bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        sched.step()
+        with closing(batches.epoch(epoch_seed)) as raws:  # closes a streamed pack when the budget ends mid-epoch
+            bar = tqdm(islice(raws, steps), total=steps, desc=f"{name} {epoch + 1}/{epochs}",
+                       mininterval=5, disable=os.environ.get("SSLSEG_NO_BAR") == "1")
+            for i, raw in enumerate(bar):
+                lr = lr_at(first + i, per_epoch, settings)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss_sum += train_step(step_fn, opt, transform(raw, gen), gen, settings["amp"], device)
+                seen += raw["images"].shape[0]
+                if (i + 1) % log_every == 0 or i + 1 == steps:  # the only host sync: every log_every steps
+                    mean = loss_sum.item() / (i + 1)
+                    if not math.isfinite(mean):
+                        raise UserError(
+                            f"{name}: non-finite loss ({mean}) at epoch {epoch + 1}, step {i + 1} with lr "
+                            f"{lr:g}; lower {name}.lr or check the input data"
+                        )
+                    bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         dt = time.perf_counter() - t0
         seen_total, time_total = seen_total + seen, time_total + dt
-        history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "lr": opt.param_groups[0]["lr"],
+        # lr: the rate of the epoch's last step
+        history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "lr": lr,
                         "images_per_s": round(seen / dt, 2), "seconds": round(dt, 3)})
         _write_log(log_path, history)
-        if (epoch + 1) % settings.get("checkpoint_every", 1) == 0 and epoch + 1 < epochs:
+        if (epoch + 1) % runtime["checkpoint_every"] == 0 and epoch + 1 < epochs:
             save_torch(resume_path, {"fingerprint": key, "epoch": epoch + 1, "history": history,
-                                     "model": objective.state_dict(), "optimizer": opt.state_dict(),
-                                     "scheduler": sched.state_dict()})
+                                     "model": objective.state_dict(), "optimizer": opt.state_dict()})
     if not history:
         _write_log(log_path, history)
     return {"history": history, "images_per_s": seen_total / time_total if time_total else None,
-            "device": str(device), "compiled": step_fn is not objective}
+            "device": str(device), "compiled": step_fn is not objective, "steps": budget}

@@ -89,3 +89,8 @@ def make_demo(root: str | Path, pets: int = 300, pretrain: int = 300, intel_per_
             for j in range(n):
                 _save(_scene(rng, label, 150), root / "intel" / split / cls / f"{label * 1000 + j}.jpg", quality=90)
     return root
+
+
+def demo_data(out: str, pets: int, pretrain: int, intel_per_class: int, seed: int) -> None:
+    """Write the generated demo dataset under `out` in the official layouts (sizes: data.demo)."""
+    make_demo(out, pets, pretrain, intel_per_class, seed)

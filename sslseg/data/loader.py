@@ -2,8 +2,9 @@
 
 The rows a stage trains on are read once into memory (a few hundred MB even
 for tens of thousands of 128-px images). When they exceed `memory_gb`, the pack
-is streamed instead: blocks of contiguous rows in a seeded order, shuffled
-within a window, so each read is one large HDF5 slice.
+is streamed instead, one contiguous HDF5 slice per block. Either way an epoch
+visits the rows in the order `epoch_order` gives, a function of (rows,
+batch_size, seed) only, so `memory_gb` never changes a result.
 """
 
 from __future__ import annotations
@@ -16,6 +17,30 @@ import numpy as np
 import torch
 
 from sslseg.data.pack import read_pack
+
+BLOCK_BATCHES = 32  # a streamed read is batch_size * 32 contiguous rows
+BLOCK_SEED_OFFSET = 1_000_003  # the block order's generator, apart from the within-block one
+
+
+def block_order(n: int, block: int, seed: int | None) -> list[tuple[int, torch.Tensor]]:
+    """(first row, permutation of the block's rows) per block of `block` contiguous rows, in
+    visiting order; row order when `seed` is None.
+
+    The block order comes from a generator seeded `seed + 1_000_003`, the permutations from
+    one seeded `seed`, drawn block after block; a single block is thus exactly
+    randperm(n, seed), the order of a non-contiguous set. Only blocks shuffle, not rows
+    across blocks: fine for pretraining packs, whose rows are already a seeded random
+    subset order, so each block is a random sample of the pack."""
+    starts = list(range(0, n, block))
+    if seed is None:
+        return [(s, torch.arange(min(block, n - s))) for s in starts]
+    rows_gen = torch.Generator().manual_seed(seed)
+    visit = torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed + BLOCK_SEED_OFFSET))
+    out = []
+    for b in visit.tolist():
+        s = starts[b]
+        out.append((s, torch.randperm(min(block, n - s), generator=rows_gen)))
+    return out
 
 
 class Batches:
@@ -30,11 +55,11 @@ class Batches:
             row_bytes = sum(int(np.prod(f[k].shape[1:])) * f[k].dtype.itemsize for k in self.keys)
         self.rows = np.arange(n_all) if rows is None else np.sort(np.asarray(rows))
         self.n = len(self.rows)
-        contiguous = self.n == 0 or (self.rows[-1] - self.rows[0] + 1 == self.n)
-        self.streamed = contiguous and self.n * row_bytes > memory_gb * 2**30
+        self.contiguous = self.n == 0 or (self.rows[-1] - self.rows[0] + 1 == self.n)
+        self.streamed = self.contiguous and self.n * row_bytes > memory_gb * 2**30
         self.arrays: dict[str, torch.Tensor] = {}
-        if not self.streamed:
-            sel = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if contiguous else self.rows
+        if not self.streamed and self.n:
+            sel = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if self.contiguous else self.rows
             self.arrays = {k: torch.from_numpy(v) for k, v in read_pack(self.pack, sel, self.keys).items()}
             if device.type == "cuda":
                 # The uint8 rows fit the budget: keep them on the GPU and gather batches there,
@@ -44,6 +69,20 @@ class Batches:
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
 
+    def blocks(self, seed: int | None) -> list[tuple[int, torch.Tensor]]:
+        """The epoch's order as blocks (see `block_order`): one block, all rows, for a
+        non-contiguous set (a fine-tune subset, never streamed): randperm(n, seed) as always."""
+        if not self.contiguous:
+            perm = torch.arange(self.n) if seed is None else \
+                torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
+            return [(0, perm)]
+        return block_order(self.n, self.batch_size * BLOCK_BATCHES, seed)
+
+    def order(self, seed: int | None) -> torch.Tensor:
+        """Positions in `rows` in the order the epoch visits them."""
+        blocks = self.blocks(seed)
+        return torch.cat([s + perm for s, perm in blocks]) if blocks else torch.zeros(0, dtype=torch.long)
+
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
@@ -52,25 +91,19 @@ class Batches:
         if self.streamed:
             yield from self._stream(seed)
             return
-        order = torch.arange(self.n) if seed is None else torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
+        order = self.order(seed)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
             yield self._to_device({k: v[idx] for k, v in self.arrays.items()})
 
     def _stream(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        block = self.batch_size * 32
-        starts = np.arange(0, self.n, block)
-        rng = np.random.default_rng(seed)
-        if seed is not None:
-            starts = rng.permutation(starts)
+        """The same batches as `epoch` in memory: each block is one HDF5 slice, permuted,
+        and batches are cut across block boundaries (rows left over carry into the next)."""
         carry: dict[str, torch.Tensor] = {}
         with h5py.File(self.pack, "r") as f:
-            for s in starts:
-                lo, hi = int(self.rows[0] + s), int(self.rows[0] + min(s + block, self.n))
-                data = {k: torch.from_numpy(f[k][lo:hi]) for k in self.keys}
-                if seed is not None:
-                    perm = torch.from_numpy(rng.permutation(hi - lo))
-                    data = {k: v[perm] for k, v in data.items()}
+            for s, perm in self.blocks(seed):
+                lo = int(self.rows[0]) + s
+                data = {k: torch.from_numpy(f[k][lo:lo + len(perm)])[perm] for k in self.keys}
                 data = {k: torch.cat([carry[k], v]) if carry else v for k, v in data.items()}
                 m = len(data[self.keys[0]]) // self.batch_size * self.batch_size
                 for i in range(0, m, self.batch_size):

@@ -136,14 +136,14 @@ def imagenette(root: str | Path, download: bool = False) -> Path:
     return Path(ds._image_root)
 
 
-def extract_intel(archive: str | Path, dest: str | Path) -> Path:
+def extract_intel(archive: str, out: str) -> Path:
     """Unpack Kaggle's Intel archive (which nests seg_train/seg_train/<class>/) into
-    `dest/seg_train/<class>/` and `dest/seg_test/<class>/`. Kaggle publishes no
+    `out/seg_train/<class>/` and `out/seg_test/<class>/`. Kaggle publishes no
     checksum, so none is verified; class folders are checked instead."""
     import shutil
     import zipfile
 
-    archive, dest = Path(archive), Path(dest)
+    archive, dest = Path(archive), Path(out)
     if not archive.is_file():
         raise UserError(f"{archive}: archive not found; {HINTS['intermediate']}")
     tmp = dest.with_name(dest.name + ".partial")

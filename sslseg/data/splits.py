@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from sslseg.io import UserError
+from sslseg.io import UserError, atomic_path
 
 
 def draw_test_split(n: int, test_size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
@@ -27,3 +29,16 @@ def finetune_subset(pool: np.ndarray, size: int, seed: int) -> np.ndarray:
         )
     perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).numpy()
     return pool[perm[:size]]
+
+
+def read_rows(path: str | Path) -> np.ndarray:
+    """A row-index file (one integer per line) written by `write_rows`."""
+    try:
+        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable index file ({e}); delete it and rerun the splits stage") from None
+
+
+def write_rows(path: str | Path, rows: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        np.savetxt(tmp, np.asarray(rows, dtype=np.int64), fmt="%d")

@@ -1,7 +1,7 @@
-"""Models: backbones by preset name and heads. `build_backbone` is the one place that
-maps the `model` config section to modules."""
+"""Models: backbones by name (`sslseg.models.backbones`) and heads on their NCHW maps.
+`build_backbone` is the one place that maps the `model` config section to modules."""
 
+from sslseg.models.backbones import BACKBONES, Backbone, build_backbone, count_parameters
 from sslseg.models.heads import ClassifierHead, PixelHead
-from sslseg.models.vit import PRESETS, build_backbone, count_parameters, encode
 
-__all__ = ["PRESETS", "ClassifierHead", "PixelHead", "build_backbone", "count_parameters", "encode"]
+__all__ = ["BACKBONES", "Backbone", "ClassifierHead", "PixelHead", "build_backbone", "count_parameters"]

@@ -52,7 +52,7 @@ def load_backbone(model: nn.Module, path: str | Path) -> list[str]:
     unexpected = sorted(set(backbone) - set(target.state_dict()))
     if missing or unexpected:
         raise UserError(
-            f"{path}: backbone does not match model.preset (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+            f"{path}: backbone does not match grid.backbones (missing {missing[:3]}, unexpected {unexpected[:3]}); "
             "pretrain and fine-tune must use the same model settings"
         )
     for k, v in target.state_dict().items():

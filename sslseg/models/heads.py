@@ -1,4 +1,4 @@
-"""Heads: a per-patch pixel head (SimMIM and segmentation) and a classifier."""
+"""Heads on backbone features: a per-location pixel head (SimMIM, segmentation) and a classifier."""
 
 from __future__ import annotations
 
@@ -9,25 +9,33 @@ from sslseg.models.vit import unpatchify
 
 
 class PixelHead(nn.Module):
-    """Each patch token → patch_size² × C values, reassembled into a (B, C, H, W) map."""
+    """Each location of a (B, C, h, w) map → r×r×K values, reassembled into (B, K, h*r, w*r).
 
-    def __init__(self, dim: int, patch_size: int, channels: int, dropout: float = 0.0):
+    r is the backbone's reduction: for a ViT, the patch size (a linear layer per
+    patch token, the seeds' head); for a ResNet, 32.
+    """
+
+    def __init__(self, dim: int, reduction: int, channels: int, dropout: float = 0.0):
         super().__init__()
-        self.patch_size, self.channels = patch_size, channels
+        self.reduction, self.channels = reduction, channels
         self.drop = nn.Dropout(dropout)
-        self.proj = nn.Linear(dim, patch_size * patch_size * channels)
+        self.proj = nn.Linear(dim, reduction * reduction * channels)
 
-    def forward(self, patch_tokens: torch.Tensor) -> torch.Tensor:
-        return unpatchify(self.proj(self.drop(patch_tokens)), self.patch_size, self.channels)
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        h, w = maps.shape[-2:]
+        # Channels last without a copy: for a ViT this is the token layout again, so dropout
+        # draws its mask in token order and the Linear runs on the same memory as before.
+        x = self.proj(self.drop(maps.permute(0, 2, 3, 1)))
+        return unpatchify(x.flatten(1, 2), self.reduction, self.channels, (h, w))
 
 
 class ClassifierHead(nn.Module):
-    """Class token → logits."""
+    """Pooled features (B, C) → logits (B, classes)."""
 
     def __init__(self, dim: int, classes: int, dropout: float = 0.0):
         super().__init__()
         self.drop = nn.Dropout(dropout)
         self.proj = nn.Linear(dim, classes)
 
-    def forward(self, cls_token: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.drop(cls_token))
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.drop(pooled))

@@ -1,4 +1,4 @@
-"""ViT backbones through timm, selected by preset name.
+"""The ViT family: timm's VisionTransformer with dense maps, SimMIM masking and a pyramid.
 
 `viny` is the seeds' 4.8M-parameter ViT: dim 128, depth 12, 8 heads of 64
 dims (inner 512, qkv without bias), MLP 512, class token, learned position
@@ -12,6 +12,8 @@ import torch
 import torch.nn as nn
 from timm.layers import Attention, PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
+
+from sslseg.io import UserError
 
 
 class NormedPatchEmbed(PatchEmbed):
@@ -36,12 +38,12 @@ def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
     return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
 
 
-def unpatchify(x: torch.Tensor, p: int, c: int) -> torch.Tensor:
-    """(B, N, p*p*C) → (B, C, H, W); inverse of `patchify` for square grids."""
+def unpatchify(x: torch.Tensor, p: int, c: int, grid: tuple[int, int] | None = None) -> torch.Tensor:
+    """(B, N, p*p*C) → (B, C, h*p, w*p); inverse of `patchify`. `grid` = (h, w), square if None."""
     b, n, _ = x.shape
-    g = int(n**0.5)
-    x = x.reshape(b, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
-    return x.reshape(b, c, g * p, g * p)
+    h, w = grid or (int(n**0.5),) * 2
+    x = x.reshape(b, h, w, p, p, c).permute(0, 5, 1, 3, 2, 4)
+    return x.reshape(b, c, h * p, w * p)
 
 
 def _attention_with_head_dim(head_dim: int) -> type[Attention]:
@@ -54,40 +56,69 @@ def _attention_with_head_dim(head_dim: int) -> type[Attention]:
     return HeadDimAttention
 
 
+class ViTBackbone(VisionTransformer):
+    """A timm VisionTransformer without a classifier, seen as a dense-feature backbone.
+
+    Subclassing (not wrapping) keeps timm's module tree, so state_dict keys,
+    construction order and init are exactly those of `VisionTransformer`.
+    """
+
+    accepts_mask = True  # SimMIM-style patch masking
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.reduction = self.patch_embed.patch_size[0]
+
+    def forward_tokens(self, images: torch.Tensor, mask: torch.Tensor | None = None,
+                       mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) → tokens (B, prefix + N, D) after the final norm. Patch embeddings
+        where `mask` (B, N) is True are replaced by `mask_token` (1, 1, D) before position
+        embeddings are added (SimMIM), so a hidden patch's content cannot leak."""
+        x = self.patch_embed(images)
+        if mask is not None:
+            x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype).expand_as(x), x)
+        x = self._pos_embed(x)
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_maps(self, images: torch.Tensor, mask: torch.Tensor | None = None,
+                     mask_token: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, H, W) → patch features (B, D, H/p, W/p); see `forward_tokens` for the mask."""
+        tokens = self.forward_tokens(images, mask, mask_token)[:, self.num_prefix_tokens:]
+        h, w = images.shape[-2] // self.reduction, images.shape[-1] // self.reduction
+        # A view of the tokens, not a copy: a head that reads it back as (B, h, w, D) sees
+        # the strides of tokens[:, 1:], so its Linear takes the same kernel path as before
+        # maps existed (bit-identical results).
+        return tokens.unflatten(1, (h, w)).permute(0, 3, 1, 2)
+
+    def forward_pyramid(self, images: torch.Tensor, n: int) -> list[torch.Tensor]:
+        """The last `n` blocks' outputs as (B, D, H/p, W/p) maps, shallow to deep. Each goes
+        through the final norm, so every level is on the scale the heads are trained on."""
+        return self.forward_intermediates(images, indices=n, norm=True, output_fmt="NCHW", intermediates_only=True)
+
+    def forward_pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → the class token after the final norm (B, D)."""
+        return self.forward_tokens(images)[:, 0]
+
+
 PRESETS: dict[str, dict] = {
     "viny": dict(embed_dim=128, depth=12, num_heads=8, mlp_ratio=4.0, qkv_bias=False,
-                 attn_layer=None, embed_layer=NormedPatchEmbed, attn_head_dim=64),
+                 embed_layer=NormedPatchEmbed, attn_head_dim=64),
     "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3),
     "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
     "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
 }
 
 
-def build_backbone(preset: str, image_size: int = 128, patch_size: int = 16, drop_rate: float = 0.0) -> VisionTransformer:
-    """A timm VisionTransformer without a classifier; tokens out of `encode`."""
-    if preset not in PRESETS:
-        raise KeyError(f"model.preset: unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    args = dict(PRESETS[preset])
+def build_vit(preset: dict, model: dict, drop_rate: float = 0.0) -> ViTBackbone:
+    """A ViT of `preset` (one of PRESETS) at model["image_size"] / model["patch_size"]."""
+    image_size, patch_size = model["image_size"], model["patch_size"]
+    if image_size % patch_size:
+        raise UserError(f"model.image_size: {image_size} is not a multiple of model.patch_size ({patch_size})")
+    args = dict(preset)
     head_dim = args.pop("attn_head_dim", None)
-    args.pop("attn_layer", None)
     if head_dim is not None:
         args["attn_layer"] = _attention_with_head_dim(head_dim)
-    return VisionTransformer(img_size=image_size, patch_size=patch_size, num_classes=0, global_pool="token",
-                             class_token=True, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, **args)
-
-
-def encode(backbone: VisionTransformer, images: torch.Tensor, mask: torch.Tensor | None = None,
-           mask_token: torch.Tensor | None = None) -> torch.Tensor:
-    """Tokens (B, 1 + N, D) after the final norm; masked patch embeddings are replaced
-    by `mask_token` before position embeddings are added (SimMIM)."""
-    x = backbone.patch_embed(images)
-    if mask is not None:
-        x = torch.where(mask.unsqueeze(-1), mask_token.to(x.dtype).expand_as(x), x)
-    x = backbone._pos_embed(x)
-    x = backbone.norm_pre(x)
-    x = backbone.blocks(x)
-    return backbone.norm(x)
-
-
-def count_parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+    return ViTBackbone(img_size=image_size, patch_size=patch_size, num_classes=0, global_pool="token",
+                       class_token=True, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate, **args)

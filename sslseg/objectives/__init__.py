@@ -1,7 +1,57 @@
-"""Objectives: each a small nn.Module whose forward(batch) returns (loss, outputs)."""
+"""Objectives by name: each `sslseg/objectives/<name>.py` is one objective.
 
-from sslseg.objectives.classify import Classify, mixup
-from sslseg.objectives.segment import Segment
-from sslseg.objectives.simmim import SimMIM, random_mask
+A module there provides `build(settings: dict) -> nn.Module` (the module's
+`forward(batch, gen)` returns `(loss, outputs)`) and a constant `PRETRAINING`
+(True for a self-supervised pretraining objective). Adding a file is all it
+takes: there is no table to edit. This file imports only the standard library,
+so the workflow can list objectives without torch.
+"""
 
-__all__ = ["SimMIM", "Segment", "Classify", "mixup", "random_mask"]
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).parent
+
+# Names importable from the package itself, resolved on first use so that
+# `available()` never pulls in torch.
+_LAZY = {"mixup": "classify", "random_mask": "simmim", "IGNORE": "segment",
+         "SimMIM": "simmim", "Segment": "segment", "Classify": "classify"}
+
+
+def available() -> list[str]:
+    """Every objective module of the package: `<name>.py` not starting with `_`."""
+    return sorted(p.stem for p in _HERE.glob("*.py") if not p.name.startswith("_"))
+
+
+def pretraining() -> list[str]:
+    """The objectives whose module sets `PRETRAINING = True`, read from the source (no import)."""
+    return [name for name in available() if _constant(_HERE / f"{name}.py", "PRETRAINING") is True]
+
+
+def build_objective(name: str, settings: dict) -> Any:
+    """The nn.Module of objective `name`, from its complete settings (schema defaults filled)."""
+    if name not in available():
+        from sslseg.io import UserError
+
+        raise UserError(f"grid.objectives: unknown objective {name!r}; available: {', '.join(available())}")
+    return importlib.import_module(f"{__name__}.{name}").build(settings)
+
+
+def _constant(path: Path, name: str) -> Any:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                return None
+    return None
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Classification from the class token, with MixUp (the intermediate step)."""
+"""Classification from pooled features, with MixUp (the intermediate step)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslseg.models import ClassifierHead, build_backbone, encode
+from sslseg.models import ClassifierHead, build_backbone
+
+PRETRAINING = False
+
+
+def build(settings: dict) -> Classify:
+    """settings: "model", "classes", "dropout", "mixup_alpha" (0 = no MixUp)."""
+    return Classify(settings["model"], settings["classes"], settings["dropout"], settings["mixup_alpha"])
 
 
 def mixup(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -23,15 +30,15 @@ def mixup(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float
 
 
 class Classify(nn.Module):
-    def __init__(self, model: dict, classes: int, dropout: float = 0.0, mixup_alpha: float = 0.0):
+    def __init__(self, model: dict, classes: int, dropout: float, mixup_alpha: float):
         super().__init__()
-        self.backbone = build_backbone(model["preset"], model["image_size"], model["patch_size"], dropout)
-        self.head = ClassifierHead(self.backbone.embed_dim, classes, dropout)
+        self.backbone = build_backbone(model, dropout)
+        self.head = ClassifierHead(self.backbone.num_features, classes, dropout)
         self.classes, self.mixup_alpha = classes, mixup_alpha
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised → logits (B, classes)."""
-        return self.head(encode(self.backbone, images)[:, 0])
+        return self.head(self.backbone.forward_pooled(images))
 
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """batch: "images" (B, 3, H, W) normalised, "labels" (B,). MixUp only in training."""

@@ -1,4 +1,4 @@
-"""Segmentation: backbone + per-patch pixel head, pixel-wise cross-entropy. Pixels labelled
+"""Segmentation: backbone + per-location pixel head, pixel-wise cross-entropy. Pixels labelled
 `IGNORE` carry no loss (masked CE, for sparse labels such as scribbles or points)."""
 
 from __future__ import annotations
@@ -7,20 +7,26 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslseg.models import PixelHead, build_backbone, encode
+from sslseg.models import PixelHead, build_backbone
 
+PRETRAINING = False
 IGNORE = 255
 
 
+def build(settings: dict) -> Segment:
+    """settings: "model", "classes", "dropout" (backbone and head)."""
+    return Segment(settings["model"], settings["classes"], settings["dropout"])
+
+
 class Segment(nn.Module):
-    def __init__(self, model: dict, classes: int = 3, dropout: float = 0.0):
+    def __init__(self, model: dict, classes: int, dropout: float):
         super().__init__()
-        self.backbone = build_backbone(model["preset"], model["image_size"], model["patch_size"], dropout)
-        self.head = PixelHead(self.backbone.embed_dim, model["patch_size"], classes, dropout)
+        self.backbone = build_backbone(model, dropout)
+        self.head = PixelHead(self.backbone.num_features, self.backbone.reduction, classes, dropout)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised → logits (B, classes, H, W)."""
-        return self.head(encode(self.backbone, images)[:, self.backbone.num_prefix_tokens:])
+        return self.head(self.backbone.forward_maps(images))
 
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """batch: "images" (B, 3, H, W) normalised, "masks" (B, H, W) long."""

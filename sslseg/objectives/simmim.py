@@ -6,9 +6,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslseg.models import build_backbone, encode
-from sslseg.models.heads import PixelHead
+from sslseg.io import UserError
+from sslseg.models import PixelHead, build_backbone
+from sslseg.models.vit import PRESETS as VIT_PRESETS
 from sslseg.models.vit import patchify
+
+PRETRAINING = True
+
+
+def build(settings: dict) -> SimMIM:
+    """settings: "model" (the model section with its backbone), "mask_ratio"."""
+    return SimMIM(settings["model"], settings["mask_ratio"])
 
 
 def random_mask(b: int, n: int, ratio: float, device: torch.device, gen: torch.Generator | None = None) -> torch.Tensor:
@@ -20,24 +28,26 @@ def random_mask(b: int, n: int, ratio: float, device: torch.device, gen: torch.G
 
 
 class SimMIM(nn.Module):
-    def __init__(self, model: dict, mask_ratio: float = 0.5):
+    def __init__(self, model: dict, mask_ratio: float):
         super().__init__()
-        self.backbone = build_backbone(model["preset"], model["image_size"], model["patch_size"])
-        self.patch_size, self.mask_ratio = model["patch_size"], mask_ratio
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.embed_dim))
+        self.backbone = build_backbone(model)
+        if not self.backbone.accepts_mask:
+            raise UserError(f"grid.backbones: simmim masks patches, which {model['backbone']} cannot; "
+                            f"pair it with a ViT ({', '.join(VIT_PRESETS)})")
+        self.patch_size, self.mask_ratio = self.backbone.reduction, mask_ratio
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, self.backbone.num_features))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.head = PixelHead(self.backbone.embed_dim, self.patch_size, 3)
+        self.head = PixelHead(self.backbone.num_features, self.patch_size, 3)
 
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """batch["images"]: normalised (B, 3, H, W). Returns L1 over masked patches,
-        and {"pred": (B, 3, H, W), "mask": (B, N) bool}."""
+        """batch["images"]: normalised (B, 3, H, W); optional batch["mask"] (B, N) bool.
+        Returns L1 over masked patches, and {"pred": (B, 3, H, W), "mask": (B, N) bool}."""
         images = batch["images"]
-        n = (images.shape[-1] // self.patch_size) ** 2
+        n = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size)
         mask = batch.get("mask")
         if mask is None:
             mask = random_mask(images.shape[0], n, self.mask_ratio, images.device, gen)
-        tokens = encode(self.backbone, images, mask, self.mask_token)
-        pred = self.head(tokens[:, self.backbone.num_prefix_tokens:])
+        pred = self.head(self.backbone.forward_maps(images, mask, self.mask_token))
         err = F.l1_loss(patchify(pred, self.patch_size), patchify(images, self.patch_size), reduction="none")
         m = mask.unsqueeze(-1).to(err.dtype)
         loss = (err * m).sum() / (m.sum() * err.shape[-1]).clamp(min=1)

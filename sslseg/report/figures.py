@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from sslseg.io import atomic_path  # noqa: E402
-from sslseg.report.tables import delta, pretrain_label  # noqa: E402
+from sslseg.report.tables import cells, delta, pretrain_labels  # noqa: E402
 
 TRIMAP_COLOURS = np.array([[230, 80, 60], [40, 40, 60], [250, 220, 90]], np.uint8)  # pet, background, border
 
@@ -38,41 +38,49 @@ def _size_axis(ax: plt.Axes, finetune: pd.Series) -> None:
     ax.set_xlabel("fine-tune images (log scale)")
 
 
-def miou_figure(runs_csv: str, out: str, settings: dict | None = None) -> None:
-    """Fig. 1: test mIoU vs fine-tune size, a line per pretraining size, error bars = std over seeds."""
-    s = settings or {}
-    sns.set_theme(style=s.get("style", "whitegrid"))
-    runs = pd.read_csv(runs_csv)
+def figures(runs: str, out: str, settings: dict, delta_out: str | None = None) -> None:
+    """Fig. 1 to `out` and, with `delta_out`, Fig. 2. settings: style, dpi."""
+    miou_figure(runs, out, settings)
+    if delta_out:
+        delta_figure(runs, delta_out, settings)
+
+
+def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
+    """Fig. 1: test mIoU vs fine-tune size, a line per pretraining, error bars = std over seeds."""
+    sns.set_theme(style=settings["style"])
+    runs = pd.read_csv(runs_csv).sort_values(["pretrain"], kind="stable")
     runs = runs.assign(**{
         "mIoU (%)": runs.miou * 100,
-        "pretraining": [pretrain_label(p) for p in runs.pretrain],
+        "pretraining": pretrain_labels(runs),
         "intermediate": np.where(runs.intermediate == 1, "with", "without"),
     })
-    order = [pretrain_label(p) for p in sorted(runs.pretrain.unique())]
+    order = list(dict.fromkeys(runs.pretraining))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     sns.lineplot(data=runs, x="finetune", y="mIoU (%)", hue="pretraining", hue_order=order,
                  style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
                  errorbar="sd", err_style="bars", ax=ax)
     _size_axis(ax, runs.finetune)
     ax.set_title(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
-    save(fig, out, s.get("dpi", 150))
+    save(fig, out, settings["dpi"])
 
 
-def delta_figure(runs_csv: str, out: str, settings: dict | None = None) -> None:
+def delta_figure(runs_csv: str, out: str, settings: dict) -> None:
     """Fig. 2: Δ mIoU (with − without intermediate), mean ± standard error over seeds."""
-    s = settings or {}
-    sns.set_theme(style=s.get("style", "whitegrid"))
-    d = delta(pd.read_csv(runs_csv))
+    sns.set_theme(style=settings["style"])
+    d = delta(pd.read_csv(runs_csv)).sort_values(["pretrain"], kind="stable")
+    d = d.assign(pretraining=pretrain_labels(d))
+    lines = [k for k in cells(d, "finetune") if d[k].nunique() > 1 or k == "pretrain"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    palette = sns.color_palette(n_colors=max(1, d.pretrain.nunique()))
-    for colour, (p, part) in zip(palette, d.groupby("pretrain")):
+    groups = list(d.groupby(lines, sort=False))
+    palette = sns.color_palette(n_colors=max(1, len(groups)))
+    for colour, (_, part) in zip(palette, groups):
         ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
-                    color=colour, label=pretrain_label(p))
+                    color=colour, label=part.pretraining.iloc[0])
     ax.axhline(0, color="grey", lw=1)
     _size_axis(ax, d.finetune)
     ax.set_ylabel("Δ mIoU (%), with − without intermediate")
     ax.legend(title="pretraining")
-    save(fig, out, s.get("dpi", 150))
+    save(fig, out, settings["dpi"])
 
 
 def _image_grid(rows: list[list[np.ndarray]], titles: list[str], out: str, dpi: int) -> None:
@@ -94,19 +102,18 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def reconstructions(ckpt: str, pack_file: str, out: str, settings: dict, report: dict | None = None) -> None:
-    """Original / masked / reconstructed (visible patches pasted back) for the first images of a pack."""
+def reconstructions(ckpt: str, pack: str, out: str, settings: dict, report: dict) -> None:
+    """Original / masked / reconstructed (visible patches pasted back) for the first images of a pack.
+    settings: the pretraining stage's (objective, model, its settings); report: examples, dpi."""
     from sslseg.data.augment import augment
     from sslseg.data.pack import read_pack
     from sslseg.models.checkpoint import load_model
-    from sslseg.objectives import SimMIM
+    from sslseg.objectives import build_objective
 
-    report = report or {}
-    model = SimMIM(settings["model"], settings["mask_ratio"])
+    model = build_objective(settings["objective"], settings)
     load_model(model, ckpt)
     model.eval()
-    k = report.get("examples", 6)
-    images = torch.as_tensor(read_pack(pack_file, slice(0, k), ("images",))["images"])
+    images = torch.as_tensor(read_pack(pack, slice(0, report["examples"]), ("images",))["images"])
     size, p = settings["model"]["image_size"], settings["model"]["patch_size"]
     o = max(0, (images.shape[1] - size) // 2)  # centre crop of the pack, as the model sees it
     x, _ = augment(images[:, o:o + size, o:o + size], None, size, None)
@@ -116,28 +123,26 @@ def reconstructions(ckpt: str, pack_file: str, out: str, settings: dict, report:
     masked = x * (1 - pixel_mask)
     pasted = x * (1 - pixel_mask) + outputs["pred"] * pixel_mask
     rows = [[_to_image(x[i]), _to_image(masked[i]), _to_image(pasted[i])] for i in range(len(x))]
-    _image_grid(rows, ["original", "masked", "reconstructed"], out, report.get("dpi", 150))
+    _image_grid(rows, ["original", "masked", "reconstructed"], out, report["dpi"])
 
 
-def segmentations(ckpt: str, pets: str, rows_file: str, out: str, settings: dict, report: dict | None = None) -> None:
-    """Input / truth / prediction for the first test images."""
+def segmentations(ckpt: str, pets: str, rows: str, out: str, settings: dict, report: dict) -> None:
+    """Input / truth / prediction for the first test images. settings: evaluation's; report: examples, dpi."""
     from sslseg.data.pack import read_pack
-    from sslseg.models.checkpoint import load_model
-    from sslseg.objectives import Segment
-    from sslseg.stages import predict_classes, read_rows
+    from sslseg.data.splits import read_rows
+    from sslseg.stages.evaluate import load_for_eval, predict_classes
     from sslseg.train import pick_device
 
-    report = report or {}
-    rows = np.sort(read_rows(rows_file))[: report.get("examples", 6)]
-    arrays = read_pack(pets, rows)
-    model = Segment(settings["model"], 3)
-    load_model(model, ckpt)
+    test_rows = np.sort(read_rows(rows))[: report["examples"]]
+    arrays = read_pack(pets, test_rows)
+    model = load_for_eval("segment", ckpt, settings, 3)
     size = settings["model"]["image_size"]
-    pred = predict_classes(model, arrays["images"], size, pick_device(settings.get("device", "auto")))
+    pred = predict_classes(model, arrays["images"], size, pick_device(settings["device"]), settings["batch_size"],
+                           settings["amp"])
     truth = torch.nn.functional.interpolate(torch.as_tensor(arrays["masks"])[:, None].float(), size=(size, size),
                                             mode="nearest")[:, 0].long()
     images = torch.nn.functional.interpolate(torch.as_tensor(arrays["images"]).permute(0, 3, 1, 2).float(),
                                              size=(size, size), mode="bilinear").permute(0, 2, 3, 1)
     grid = [[images[i].clamp(0, 255).byte().numpy(), TRIMAP_COLOURS[truth[i].numpy()], TRIMAP_COLOURS[pred[i].numpy()]]
-            for i in range(len(rows))]
-    _image_grid(grid, ["input", "truth", "prediction"], out, report.get("dpi", 150))
+            for i in range(len(test_rows))]
+    _image_grid(grid, ["input", "truth", "prediction"], out, report["dpi"])

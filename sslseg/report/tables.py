@@ -1,26 +1,26 @@
-"""One CSV of every run, and the seeds' tables (mean ± std over seeds) in Markdown and CSV."""
+"""One CSV of every run, and the seeds' tables (mean ± std over seeds) in Markdown and CSV.
+
+Every metrics file names its own grid coordinates (its "run" entry, from sslseg.grid), and
+they become the columns here: nothing is read from paths.
+"""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from sslseg.grid import NAMES
 from sslseg.io import UserError, atomic_path, read_json
-
-RUN = re.compile(r"p(?P<pretrain>\d+)_i(?P<intermediate>[01])/n(?P<finetune>\d+)_s(?P<seed>\d+)/metrics\.json$")
-INTER = re.compile(r"intermediate/p(?P<pretrain>\d+)/accuracy\.json$")
 
 
 def _row(path: str) -> dict:
     meta = read_json(path)
-    m = RUN.search(Path(path).as_posix()) or INTER.search(Path(path).as_posix())
-    if m is None:
-        raise UserError(f"{path}: not a metrics file of the workflow's layout")
-    row = {k: int(v) for k, v in m.groupdict().items()}
+    if not isinstance(meta.get("run"), dict):
+        raise UserError(f"{path}: has no grid coordinates ('run'); rerun the stage that wrote it")
+    row = meta["run"]
     flat = {k: v for k, v in meta.items() if not isinstance(v, dict)}
     for k, v in meta.get("iou", {}).items():
         flat[f"iou_{k}"] = v
@@ -31,13 +31,15 @@ def _row(path: str) -> dict:
     return {**row, **flat, "source": str(path)}
 
 
-def aggregate(paths: Sequence[str], out: str) -> pd.DataFrame:
-    """Collect per-run JSON metrics into one CSV, one row per run, sorted by the grid."""
-    df = pd.DataFrame([_row(p) for p in paths])
-    keys = [k for k in ("pretrain", "intermediate", "finetune", "seed") if k in df]
-    df = df.sort_values(keys).reset_index(drop=True)
+def aggregate(metrics: list[str], out: str) -> pd.DataFrame:
+    """Collect per-run JSON metrics into one CSV, one row per run, its coordinates as columns."""
+    df = pd.DataFrame([_row(p) for p in metrics])
+    df = df.sort_values([k for k in NAMES if k in df]).reset_index(drop=True)
     write_csv(df, out)
     return df
+
+
+intermediate_accuracies = aggregate  # the intermediate classifiers' accuracy files, one row each
 
 
 def write_csv(df: pd.DataFrame, out: str | Path) -> None:
@@ -45,9 +47,14 @@ def write_csv(df: pd.DataFrame, out: str | Path) -> None:
         df.to_csv(tmp, index=False)
 
 
+def cells(runs: pd.DataFrame, *without: str) -> list[str]:
+    """The grid axes present in `runs`, except seed and `without`: what a table cell is."""
+    return [k for k in NAMES if k in runs and k != "seed" and k not in without]
+
+
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean, std and count over seeds of pixel accuracy and mIoU (in %) per (pretrain, intermediate, finetune)."""
-    g = runs.assign(acc=runs.pixel_acc * 100, miou_pct=runs.miou * 100).groupby(["pretrain", "intermediate", "finetune"])
+    """Mean, std (ddof 1) and count over seeds of pixel accuracy and mIoU (in %) per grid cell."""
+    g = runs.assign(acc=runs.pixel_acc * 100, miou_pct=runs.miou * 100).groupby(cells(runs))
     out = g.agg(acc_mean=("acc", "mean"), acc_std=("acc", "std"), miou_mean=("miou_pct", "mean"),
                 miou_std=("miou_pct", "std"), seeds=("seed", "count"))
     return out.reset_index()
@@ -56,19 +63,29 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 def delta(runs: pd.DataFrame) -> pd.DataFrame:
     """Δ mIoU (%) with − without the intermediate step, paired by (pretrain, finetune, seed);
     mean and standard error (std / √k) over the k seeds."""
-    wide = runs.pivot_table(index=["pretrain", "finetune", "seed"], columns="intermediate", values="miou")
+    keys = cells(runs, "intermediate")
+    wide = runs.pivot_table(index=keys + ["seed"], columns="intermediate", values="miou")
     if not {0, 1} <= set(wide.columns):
-        return pd.DataFrame(columns=["pretrain", "finetune", "delta_mean", "delta_se", "seeds"])
+        return pd.DataFrame(columns=keys + ["delta_mean", "delta_se", "seeds"])
     d = ((wide[1] - wide[0]) * 100).dropna().rename("delta").reset_index()
-    g = d.groupby(["pretrain", "finetune"]).delta
+    g = d.groupby(keys).delta
     out = pd.DataFrame({"delta_mean": g.mean(), "delta_se": g.std(ddof=1) / np.sqrt(g.count()), "seeds": g.count()})
     return out.reset_index()
 
 
-def pretrain_label(n: int) -> str:
+def size_label(n: int) -> str:
     if n == 0:
         return "none"
     return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
+def pretrain_labels(df: pd.DataFrame) -> list[str]:
+    """A label per row for its pretraining: the size (`none`, `45k`), prefixed by the objective
+    and data set when the grid has more than one of them."""
+    extra = [k for k in ("objective", "data") if k in df and df.loc[df.pretrain > 0, k].nunique() > 1]
+    return [size_label(r.pretrain) if not r.pretrain or not extra
+            else " ".join([*(str(getattr(r, k)) for k in extra), size_label(r.pretrain)])
+            for r in df.itertuples()]
 
 
 def _pm(mean: float, std: float) -> str:
@@ -89,9 +106,9 @@ TABLES = {
 }
 
 
-def write_tables(runs_csv: str, outdir: str, settings: dict | None = None) -> None:
+def tables(runs: str, outdir: str) -> None:
     """Write summary.csv beside `outdir`, and in `outdir` the seeds' Tables 1, A2, A3 and the Δ table."""
-    runs = pd.read_csv(runs_csv)
+    runs_csv, runs = runs, pd.read_csv(runs)
     summary = summarise(runs)
     commits = sorted(str(c) for c in runs.get("git_commit", pd.Series(dtype=str)).dropna().unique())
     source = (f"\n_From {len(runs)} runs listed in `{Path(runs_csv).name}` (one row per run with its metrics file)"
@@ -101,8 +118,11 @@ def write_tables(runs_csv: str, outdir: str, settings: dict | None = None) -> No
     write_csv(summary, out.parent / "summary.csv")
     for name, (title, select) in TABLES.items():
         part = summary[select(summary)]
+        varying = {k: part[k].values for k in cells(part, "objective", "data", "pretrain", "intermediate", "finetune")
+                   if part[k].nunique() > 1}  # other axes get a column only when they vary
         table = pd.DataFrame({
-            "# Pre-train": [pretrain_label(p) for p in part.pretrain],
+            **varying,
+            "# Pre-train": pretrain_labels(part),
             "# Fine-tune": part.finetune.values,
             "Accuracy (%)": [_pm(m, s) for m, s in zip(part.acc_mean, part.acc_std)],
             "mIoU (%)": [_pm(m, s) for m, s in zip(part.miou_mean, part.miou_std)],
@@ -112,7 +132,7 @@ def write_tables(runs_csv: str, outdir: str, settings: dict | None = None) -> No
             table = table.drop(columns="# Pre-train")
         write_csv(table, out / f"{name}.csv")
         with atomic_path(out / f"{name}.md") as tmp:
-            tmp.write_text(f"**{title}** (mean ± std over seeds)\n\n"
+            tmp.write_text(f"**{title}** (mean ± std over seeds, ddof 1)\n\n"
                            + (_markdown(table) if len(table) else "(no runs)\n") + source)
     d = delta(runs)
     write_csv(d, out / "delta.csv")

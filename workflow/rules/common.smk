@@ -1,13 +1,26 @@
-# The one place for Python in the workflow: config validation, paths, input functions.
+# The one place for Python in the workflow: config validation, the grid's paths, input functions.
+# It imports only the standard library and sslseg's stdlib-only modules (grid, config, cli,
+# sourcefiles), so Snakemake's own environment needs neither numpy nor torch to read it.
 import json
 import os
+import shlex
 import sys
 
-sys.path.insert(0, workflow.basedir)  # the sslseg package beside this Snakefile
+sys.path.insert(0, workflow.basedir)  # the sslseg package beside the Snakefile
 
-from sslseg.config import rule_resources, stage_settings, validate
-from sslseg.data.sources import INTEL_CLASSES
+from snakemake.settings.types import DeploymentMethod
+
+from sslseg import grid
+from sslseg.cli import COMMANDS
+from sslseg.config import (
+    eval_settings,
+    rule_resources,
+    runtime_settings,
+    stage_settings,
+    validate,
+)
 from sslseg.io import UserError
+from sslseg.sourcefiles import module_files
 
 try:
     validate(config, "config (config.yaml + --configfile/--config)")
@@ -15,54 +28,51 @@ except UserError as e:
     sys.exit(f"sslseg: error: {e}")
 
 R = f"results/{config['name']}"
-GRID = config["grid"]
-PRETRAIN_SIZES = sorted(set(GRID["pretrain_sizes"]))
-INTERMEDIATE = sorted({int(b) for b in GRID["intermediate"]})
+RUNS = grid.runs(config)
+# Each artifact's folder → a run that needs it (the rules' wildcards map back through these).
+PRETRAINED = grid.by_path(RUNS, grid.pretrain_dir)
+INTERMEDIATE = grid.by_path(RUNS, grid.intermediate_dir)
+BY_RUN = grid.by_path(RUNS, grid.run_dir)
+PRETRAIN_DATA = sorted({r.data for r in PRETRAINED.values()})
 
 
-# Source files each stage runs, declared as inputs: Snakemake does not track imported
-# modules, so without this a code change to one stage would not rerun it.
-_COMMON = ["sslseg/__init__.py", "sslseg/io.py", "sslseg/cli.py", "sslseg/stages.py"]
-_TRAIN = _COMMON + [
-    "sslseg/train.py",
-    "sslseg/data/loader.py",
-    "sslseg/data/augment.py",
-    "sslseg/models/__init__.py",
-    "sslseg/models/vit.py",
-    "sslseg/models/heads.py",
-    "sslseg/models/checkpoint.py",
-]
-CODE = {
-    "demo": ["sslseg/data/demo.py", "sslseg/io.py"],
-    "pack": _COMMON + ["sslseg/data/sources.py", "sslseg/data/pack.py"],
-    "splits": _COMMON + ["sslseg/data/splits.py"],
-    "pretrain": _TRAIN + ["sslseg/objectives/simmim.py"],
-    "intermediate": _TRAIN + ["sslseg/objectives/classify.py"],
-    "finetune": _TRAIN + ["sslseg/objectives/segment.py"],
-    "evaluate": _TRAIN + ["sslseg/objectives/segment.py", "sslseg/metrics.py"],
-    "tables": ["sslseg/report/tables.py"],
-    "figures": ["sslseg/report/figures.py", "sslseg/report/tables.py"],
-    "examples": _TRAIN
-    + ["sslseg/report/figures.py", "sslseg/objectives/simmim.py", "sslseg/objectives/segment.py"],
-}
+wildcard_constraints:
+    pre=grid.wildcard(PRETRAINED),
+    inter=grid.wildcard(INTERMEDIATE),
+    run=grid.wildcard(BY_RUN),
+    n=r"\d+",
+    seed=r"\d+",
 
 
-def code(stage):
-    return CODE[stage]
+# Rules run the package with the interpreter that runs Snakemake, so a venv works whether or
+# not it is activated; with --software-deployment-method conda, with envs/sslseg.yaml's python.
+# PYTHONPATH makes it the sslseg beside this Snakefile, whatever --directory is.
+_conda = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+SSLSEG = (
+    f"PYTHONPATH={shlex.quote(workflow.basedir)} "
+    + ("python" if _conda else shlex.quote(sys.executable))
+    + " -m sslseg"
+)
+# Settings that cannot change a result (train loop cadence, memory threshold, progress bar).
+# They reach the shell as this global, not as params, so changing them reruns nothing.
+RUNTIME = shlex.quote(json.dumps(runtime_settings(config), sort_keys=True))
 
 
-def settings(stage, **extra):
-    """JSON of exactly what a stage depends on; passed as `params`, so only its change reruns it."""
-    s = stage_settings(config, stage) if stage in ("pretrain", "intermediate", "finetune") else dict(config[stage])
-    if stage in ("evaluate",):
-        s.update(model=config["model"], device=config["device"], amp=config["train"]["amp"])
-    s.update(extra)
-    return json.dumps(s, sort_keys=True)
+def code(rule, *modules):
+    """The package files a rule's command imports (computed from the import graph), as inputs:
+    Snakemake does not track imports, so this is what makes a code change rerun the stage.
+    `modules`: what the stage imports by name at run time (its objective)."""
+    entry = COMMANDS[rule].split(":")[0]
+    files = module_files([entry, "sslseg.cli", *modules], workflow.basedir)
+    return [os.path.relpath(os.path.join(workflow.basedir, f)) for f in files]
 
 
-def report_settings(*keys):
-    """Only the report keys one figure rule uses, so changing the style reruns only `figures`."""
-    return json.dumps({k: config["report"][k] for k in keys}, sort_keys=True)
+def objective_module(name):
+    return f"sslseg.objectives.{name}"
+
+
+def as_json(obj):
+    return json.dumps(obj, sort_keys=True)
 
 
 def res(stage):
@@ -95,40 +105,41 @@ def source_input(kind):
     return [f"{R}/demo/.done"] if config["data"][kind]["source"] == "demo" else []
 
 
-def inits():
-    """(pretrain size, intermediate) pairs of the grid."""
-    return [(p, i) for p in PRETRAIN_SIZES for i in INTERMEDIATE]
+def pretrain_checkpoint(run):
+    d = grid.pretrain_dir(run)
+    return [f"{R}/pretrain/{d}/model.pt"] if d else []
 
 
-def init_checkpoint(wildcards):
-    p, i = int(wildcards.p), int(wildcards.i)
-    if i:
-        return f"{R}/intermediate/p{p}/model.pt"
-    return f"{R}/pretrain/p{p}/model.pt" if p else []
+def init_checkpoint(run):
+    """What a fine-tune starts from: the intermediate classifier, the pretraining, or nothing."""
+    d = grid.intermediate_dir(run)
+    return [f"{R}/intermediate/{d}/model.pt"] if d else pretrain_checkpoint(run)
+
+
+def subset_file(run):
+    return f"{R}/splits/finetune_n{run.finetune}_s{run.seed}.txt"
+
+
+def init_flag(wildcards, input):
+    return f"--init {input.init}" if input.init else ""
 
 
 def run_dirs():
-    return [
-        f"{R}/finetune/p{p}_i{i}/n{n}_s{s}"
-        for p, i in inits()
-        for n in GRID["finetune_sizes"]
-        for s in GRID["seeds"]
-    ]
+    return [f"{R}/runs/{d}" for d in BY_RUN]
 
 
 def largest_run():
     """The fine-tune shown in the segmentation examples: most pretraining, most labels, first seed."""
-    p, i = max(inits(), key=lambda pi: (pi[0], -pi[1]))
-    return f"{R}/finetune/p{p}_i{i}/n{max(GRID['finetune_sizes'])}_s{GRID['seeds'][0]}/model.pt"
+    return max(RUNS, key=lambda r: (r.pretrain, not r.intermediate, r.finetune))  # ties: the first
 
 
 def all_outputs():
     out = [f"{R}/report/runs.csv", f"{R}/report/tables/summary.csv", f"{R}/report/fig_miou.png"]
     out.append(f"{R}/report/segmentations.png")
-    if any(PRETRAIN_SIZES):
+    if PRETRAINED:
         out.append(f"{R}/report/reconstructions.png")
-    if INTERMEDIATE == [0, 1]:
+    if {r.intermediate for r in RUNS} == {False, True}:
         out.append(f"{R}/report/fig_delta.png")
-    if 1 in INTERMEDIATE:
+    if INTERMEDIATE:
         out.append(f"{R}/report/intermediate.csv")
     return out

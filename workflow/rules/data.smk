@@ -9,11 +9,10 @@ localrules:
 
 rule demo_data:
     input:
-        code=code("demo"),
+        code=code("demo_data"),
     output:
         touch(f"{R}/demo/.done"),
     params:
-        demo=json.dumps(config["data"]["demo"], sort_keys=True),
         pets=config["data"]["demo"]["pets"],
         pretrain=config["data"]["demo"]["pretrain"],
         intel=config["data"]["demo"]["intel_per_class"],
@@ -27,18 +26,18 @@ rule demo_data:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg demo-data --out {params.out} --pets {params.pets} --pretrain {params.pretrain}"
+        "{SSLSEG} demo_data --out {params.out} --pets {params.pets} --pretrain {params.pretrain}"
         " --intel-per-class {params.intel} --seed {params.seed} > {log} 2>&1"
 
 
 rule extract_intel:
     input:
         archive=config["data"]["intermediate"]["archive"] or [],
-        code=code("pack"),
+        code=code("extract_intel"),
     output:
         touch(f"{R}/intel/.done"),
     params:
-        dest=lambda w, output: os.path.dirname(output[0]),
+        out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/extract_intel.log",
     threads: threads_of("default")
@@ -47,19 +46,19 @@ rule extract_intel:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg extract-intel --archive {input.archive} --out {params.dest} > {log} 2>&1"
+        "{SSLSEG} extract_intel --archive {input.archive} --out {params.out} > {log} 2>&1"
 
 
 rule pack_pets:
     input:
         source_input("pets"),
-        code=code("pack"),
+        code=code("pack_pets"),
     output:
         pack=f"{R}/data/pets.h5",
         meta=f"{R}/data/pets.h5.json",
     params:
         root=lambda w: source_root("pets"),
-        settings=json.dumps(
+        settings=as_json(
             {
                 "image_size": config["model"]["image_size"],
                 "download": config["data"]["pets"]["download"],
@@ -75,46 +74,49 @@ rule pack_pets:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg pack-pets --root {params.root} --out {output.pack}"
+        "{SSLSEG} pack_pets --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
 rule pack_pretrain:
     input:
         source_input("pretrain"),
-        code=code("pack"),
+        code=code("pack_pretrain"),
     output:
-        pack=f"{R}/data/pretrain.h5",
-        meta=f"{R}/data/pretrain.h5.json",
+        pack=f"{R}/data/pretrain-{{data}}.h5",
+        meta=f"{R}/data/pretrain-{{data}}.h5.json",
+    wildcard_constraints:
+        data=grid.wildcard(PRETRAIN_DATA),
     params:
         root=lambda w: source_root("pretrain"),
-        settings=json.dumps(
+        settings=lambda w: as_json(
             {
-                k: v
-                for k, v in config["data"]["pretrain"].items()
-                if k in ("source", "download", "subset", "subset_seed", "pack_size")
+                k: config["data"]["pretrain"][k]
+                for k in ("source", "download", "subset_seed", "pack_size")
             }
-            | {"size": max(PRETRAIN_SIZES), "kind": "pretrain"},
-            sort_keys=True,
+            | {
+                "subset": w.data,
+                "size": max(r.pretrain for r in RUNS if r.data == w.data),
+            }
         ),
     log:
-        f"{R}/logs/pack_pretrain.log",
+        f"{R}/logs/pack_pretrain-{{data}}.log",
     benchmark:
-        f"{R}/benchmarks/pack_pretrain.tsv"
+        f"{R}/benchmarks/pack_pretrain-{{data}}.tsv"
     threads: threads_of("pack")
     resources:
         **res("pack"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg pack-folder --root {params.root} --out {output.pack}"
+        "{SSLSEG} pack_pretrain --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
 rule pack_intermediate:
     input:
         source_input("intermediate"),
-        code=code("pack"),
+        code=code("pack_intermediate"),
     output:
         pack=f"{R}/data/intermediate_{{split}}.h5",
         meta=f"{R}/data/intermediate_{{split}}.h5.json",
@@ -122,23 +124,18 @@ rule pack_intermediate:
         split="train|test",
     params:
         root=lambda w: f"{source_root('intermediate')}/seg_{w.split}",
-        settings=json.dumps(
-            {
-                "pack_size": config["data"]["intermediate"]["pack_size"],
-                "resize": "crop",
-                "classes": INTEL_CLASSES,
-                "kind": "intermediate",
-            }
-        ),
+        settings=as_json({"pack_size": config["data"]["intermediate"]["pack_size"]}),
     log:
         f"{R}/logs/pack_intermediate_{{split}}.log",
+    benchmark:
+        f"{R}/benchmarks/pack_intermediate_{{split}}.tsv"
     threads: threads_of("pack")
     resources:
         **res("pack"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg pack-folder --root {params.root} --out {output.pack}"
+        "{SSLSEG} pack_intermediate --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
@@ -150,7 +147,7 @@ rule splits:
         test=f"{R}/splits/test.txt",
         pool=f"{R}/splits/pool.txt",
     params:
-        settings=json.dumps(
+        settings=as_json(
             {k: config["data"]["pets"][k] for k in ("test_size", "test_seed")}
         ),
     log:
@@ -158,14 +155,14 @@ rule splits:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg splits --pets {input.pets} --test {output.test} --pool {output.pool}"
+        "{SSLSEG} splits --pets {input.pets} --test {output.test} --pool {output.pool}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 
 rule subset:
     input:
         pool=rules.splits.output.pool,
-        code=code("splits"),
+        code=code("subset"),
     output:
         f"{R}/splits/finetune_n{{n}}_s{{seed}}.txt",
     log:
@@ -173,5 +170,5 @@ rule subset:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg subset --pool {input.pool} --out {output} --size {wildcards.n}"
+        "{SSLSEG} subset --pool {input.pool} --out {output} --size {wildcards.n}"
         " --seed {wildcards.seed} > {log} 2>&1"

@@ -1,4 +1,5 @@
-# Evaluation: confusion matrix over the whole test set → accuracy, per-class IoU, mIoU.
+# Evaluation: confusion matrix over the whole test set → accuracy, per-class IoU, mIoU,
+# written with the run's grid coordinates.
 
 
 rule evaluate:
@@ -6,19 +7,23 @@ rule evaluate:
         model=rules.finetune.output.model,
         pets=rules.pack_pets.output.pack,
         rows=rules.splits.output.test,
-        code=code("evaluate"),
+        code=code("evaluate", objective_module("segment")),
     output:
-        metrics=f"{R}/finetune/p{{p}}_i{{i}}/n{{n}}_s{{seed}}/metrics.json",
-        meta=f"{R}/finetune/p{{p}}_i{{i}}/n{{n}}_s{{seed}}/metrics.json.json",
+        metrics=f"{R}/runs/{{run}}/metrics.json",
+        meta=f"{R}/runs/{{run}}/metrics.json.json",
     params:
-        settings=settings("evaluate"),
+        settings=lambda w: as_json(eval_settings(config, BY_RUN[w.run].backbone)),
+        run=lambda w: as_json(grid.coordinates(BY_RUN[w.run])),
     log:
-        f"{R}/logs/evaluate/p{{p}}_i{{i}}/n{{n}}_s{{seed}}.log",
+        f"{R}/logs/evaluate/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/evaluate/{{run}}.tsv"
     threads: threads_of("evaluate")
     resources:
         **res("evaluate"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg evaluate --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
-        " --out {output.metrics} --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+        "{SSLSEG} evaluate --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
+        " --out {output.metrics} --settings {params.settings:q} --run {params.run:q}"
+        " --threads {threads} > {log} 2>&1"

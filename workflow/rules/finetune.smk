@@ -1,29 +1,30 @@
-# Segmentation fine-tune per (pretrain size p, intermediate i, subset size n, seed).
+# Segmentation fine-tune, one job per downstream run of the grid, e.g.
+# results/<name>/runs/viny/simmim-random-45000-i1/finetune-full-n250-s0/model.pt.
 
 
 rule finetune:
     input:
         pets=rules.pack_pets.output.pack,
-        rows=f"{R}/splits/finetune_n{{n}}_s{{seed}}.txt",
-        init=init_checkpoint,
-        code=code("finetune"),
+        rows=lambda w: subset_file(BY_RUN[w.run]),
+        init=lambda w: init_checkpoint(BY_RUN[w.run]),
+        code=code("finetune", objective_module("segment")),
     output:
-        model=f"{R}/finetune/p{{p}}_i{{i}}/n{{n}}_s{{seed}}/model.pt",
-        meta=f"{R}/finetune/p{{p}}_i{{i}}/n{{n}}_s{{seed}}/model.pt.json",
-        train_log=f"{R}/finetune/p{{p}}_i{{i}}/n{{n}}_s{{seed}}/log.csv",
+        model=f"{R}/runs/{{run}}/model.pt",
+        meta=f"{R}/runs/{{run}}/model.pt.json",
+        train_log=f"{R}/runs/{{run}}/log.csv",
     params:
-        settings=lambda w: settings("finetune", seed=int(w.seed)),
-        init=lambda w, input: f"--init {input.init}" if input.init else "",
+        settings=lambda w: as_json(stage_settings(config, "finetune", BY_RUN[w.run])),
+        init=init_flag,
     log:
-        f"{R}/logs/finetune/p{{p}}_i{{i}}/n{{n}}_s{{seed}}.log",
+        f"{R}/logs/finetune/{{run}}.log",
     benchmark:
-        f"{R}/benchmarks/finetune/p{{p}}_i{{i}}/n{{n}}_s{{seed}}.tsv"
+        f"{R}/benchmarks/finetune/{{run}}.tsv"
     threads: threads_of("finetune")
     resources:
         **res("finetune"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg finetune --pets {input.pets} --rows {input.rows} {params.init}"
+        "{SSLSEG} finetune --pets {input.pets} --rows {input.rows} {params.init}"
         " --out {output.model} --log {output.train_log} --settings {params.settings:q}"
-        " --threads {threads} > {log} 2>&1"
+        " --runtime {RUNTIME} --threads {threads} > {log} 2>&1"

@@ -1,48 +1,58 @@
-# Optional intermediate supervised step: classify Intel scenes from the pretrained backbone.
+# Optional intermediate supervised step: classify Intel scenes from the pretrained backbone,
+# one job per pretraining of the grid (and one from scratch), e.g.
+# results/<name>/intermediate/viny/simmim-random-45000/model.pt.
 
 
 rule intermediate:
     input:
         pack=f"{R}/data/intermediate_train.h5",
-        init=lambda w: f"{R}/pretrain/p{w.p}/model.pt" if int(w.p) else [],
-        code=code("intermediate"),
+        init=lambda w: pretrain_checkpoint(INTERMEDIATE[w.inter]),
+        code=code("intermediate", objective_module("classify")),
     output:
-        model=f"{R}/intermediate/p{{p}}/model.pt",
-        meta=f"{R}/intermediate/p{{p}}/model.pt.json",
-        train_log=f"{R}/intermediate/p{{p}}/log.csv",
+        model=f"{R}/intermediate/{{inter}}/model.pt",
+        meta=f"{R}/intermediate/{{inter}}/model.pt.json",
+        train_log=f"{R}/intermediate/{{inter}}/log.csv",
     params:
-        settings=settings("intermediate", classes=6),
-        init=lambda w, input: f"--init {input.init}" if input.init else "",
+        settings=lambda w: as_json(
+            stage_settings(config, "intermediate", INTERMEDIATE[w.inter])
+        ),
+        init=init_flag,
     log:
-        f"{R}/logs/intermediate/p{{p}}.log",
+        f"{R}/logs/intermediate/{{inter}}.log",
     benchmark:
-        f"{R}/benchmarks/intermediate/p{{p}}.tsv"
+        f"{R}/benchmarks/intermediate/{{inter}}.tsv"
     threads: threads_of("intermediate")
     resources:
         **res("intermediate"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg intermediate --pack {input.pack} {params.init} --out {output.model}"
-        " --log {output.train_log} --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+        "{SSLSEG} intermediate --pack {input.pack} {params.init} --out {output.model}"
+        " --log {output.train_log} --settings {params.settings:q} --runtime {RUNTIME}"
+        " --threads {threads} > {log} 2>&1"
 
 
 rule intermediate_eval:
     input:
         model=rules.intermediate.output.model,
         pack=f"{R}/data/intermediate_test.h5",
-        code=code("intermediate"),
+        code=code("intermediate_eval", objective_module("classify")),
     output:
-        f"{R}/intermediate/p{{p}}/accuracy.json",
+        f"{R}/intermediate/{{inter}}/accuracy.json",
     params:
-        settings=settings("evaluate", classes=6),
+        settings=lambda w: as_json(
+            eval_settings(config, INTERMEDIATE[w.inter].backbone) | {"classes": 6}
+        ),
+        run=lambda w: as_json(grid.coordinates(INTERMEDIATE[w.inter], "intermediate")),
     log:
-        f"{R}/logs/intermediate_eval/p{{p}}.log",
+        f"{R}/logs/intermediate_eval/{{inter}}.log",
+    benchmark:
+        f"{R}/benchmarks/intermediate_eval/{{inter}}.tsv"
     threads: threads_of("evaluate")
     resources:
         **res("evaluate"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg intermediate-eval --ckpt {input.model} --pack {input.pack} --out {output}"
-        " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+        "{SSLSEG} intermediate_eval --ckpt {input.model} --pack {input.pack} --out {output}"
+        " --settings {params.settings:q} --run {params.run:q} --threads {threads} > {log} 2>&1"

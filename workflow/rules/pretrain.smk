@@ -1,25 +1,28 @@
-# Self-supervised pretraining (SimMIM) on the first p images of the pretraining pack.
+# Self-supervised pretraining: one job per (backbone, objective, data, size) of the grid, e.g.
+# results/<name>/pretrain/viny/simmim-random-45000/model.pt.
 
 
 rule pretrain:
     input:
-        pack=rules.pack_pretrain.output.pack,
-        code=code("pretrain"),
+        pack=lambda w: f"{R}/data/pretrain-{PRETRAINED[w.pre].data}.h5",
+        code=lambda w: code("pretrain", objective_module(PRETRAINED[w.pre].objective)),
     output:
-        model=f"{R}/pretrain/p{{p}}/model.pt",
-        meta=f"{R}/pretrain/p{{p}}/model.pt.json",
-        train_log=f"{R}/pretrain/p{{p}}/log.csv",
+        model=f"{R}/pretrain/{{pre}}/model.pt",
+        meta=f"{R}/pretrain/{{pre}}/model.pt.json",
+        train_log=f"{R}/pretrain/{{pre}}/log.csv",
     params:
-        settings=settings("pretrain"),
+        size=lambda w: PRETRAINED[w.pre].pretrain,
+        settings=lambda w: as_json(stage_settings(config, "pretrain", PRETRAINED[w.pre])),
     log:
-        f"{R}/logs/pretrain/p{{p}}.log",
+        f"{R}/logs/pretrain/{{pre}}.log",
     benchmark:
-        f"{R}/benchmarks/pretrain/p{{p}}.tsv"
+        f"{R}/benchmarks/pretrain/{{pre}}.tsv"
     threads: threads_of("pretrain")
     resources:
         **res("pretrain"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg pretrain --pack {input.pack} --size {wildcards.p} --out {output.model}"
-        " --log {output.train_log} --settings {params.settings:q} --threads {threads} > {log} 2>&1"
+        "{SSLSEG} pretrain --pack {input.pack} --size {params.size} --out {output.model}"
+        " --log {output.train_log} --settings {params.settings:q} --runtime {RUNTIME}"
+        " --threads {threads} > {log} 2>&1"

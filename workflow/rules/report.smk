@@ -9,10 +9,15 @@ localrules:
     figures,
 
 
+def report_settings(*keys):
+    """Only the report keys one figure rule uses, so changing the style reruns only `figures`."""
+    return as_json({k: config["report"][k] for k in keys})
+
+
 rule aggregate:
     input:
         metrics=[f"{d}/metrics.json" for d in run_dirs()],
-        code=["sslseg/report/tables.py"],
+        code=code("aggregate"),
     output:
         report(
             f"{R}/report/runs.csv",
@@ -24,13 +29,13 @@ rule aggregate:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg aggregate --out {output} --metrics {input.metrics} > {log} 2>&1"
+        "{SSLSEG} aggregate --out {output} --metrics {input.metrics} > {log} 2>&1"
 
 
 rule intermediate_accuracies:
     input:
-        acc=[f"{R}/intermediate/p{p}/accuracy.json" for p in PRETRAIN_SIZES],
-        code=["sslseg/report/tables.py"],
+        metrics=[f"{R}/intermediate/{d}/accuracy.json" for d in INTERMEDIATE],
+        code=code("intermediate_accuracies"),
     output:
         report(
             f"{R}/report/intermediate.csv",
@@ -42,7 +47,7 @@ rule intermediate_accuracies:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg aggregate --out {output} --metrics {input.acc} > {log} 2>&1"
+        "{SSLSEG} intermediate_accuracies --out {output} --metrics {input.metrics} > {log} 2>&1"
 
 
 rule tables:
@@ -61,7 +66,7 @@ rule tables:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg tables --runs {input.runs} --outdir {output.tables} > {log} 2>&1"
+        "{SSLSEG} tables --runs {input.runs} --outdir {output.tables} > {log} 2>&1"
 
 
 rule figures:
@@ -79,7 +84,7 @@ rule figures:
                 caption="../report/fig_delta.rst",
                 category="Figures",
             )
-            if INTERMEDIATE == [0, 1]
+            if f"{R}/report/fig_delta.png" in all_outputs()
             else []
         ),
     params:
@@ -90,15 +95,22 @@ rule figures:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg figures --runs {input.runs} --out {output.miou} {params.delta}"
+        "{SSLSEG} figures --runs {input.runs} --out {output.miou} {params.delta}"
         " --settings {params.settings:q} > {log} 2>&1"
+
+
+def largest_pretraining():
+    """The pretraining shown in the reconstruction examples: the largest (first on ties)."""
+    return max(PRETRAINED.items(), key=lambda item: item[1].pretrain)
 
 
 rule reconstructions:
     input:
-        model=f"{R}/pretrain/p{max(PRETRAIN_SIZES)}/model.pt",
-        pack=rules.pack_pretrain.output.pack,
-        code=code("examples"),
+        model=lambda w: f"{R}/pretrain/{largest_pretraining()[0]}/model.pt",
+        pack=lambda w: f"{R}/data/pretrain-{largest_pretraining()[1].data}.h5",
+        code=lambda w: code(
+            "reconstructions", objective_module(largest_pretraining()[1].objective)
+        ),
     output:
         report(
             f"{R}/report/reconstructions.png",
@@ -106,26 +118,30 @@ rule reconstructions:
             category="Figures",
         ),
     params:
-        settings=settings("pretrain") if any(PRETRAIN_SIZES) else "{}",
+        settings=lambda w: as_json(
+            stage_settings(config, "pretrain", largest_pretraining()[1])
+        ),
         report=report_settings("examples", "dpi"),
     log:
         f"{R}/logs/reconstructions.log",
+    benchmark:
+        f"{R}/benchmarks/reconstructions.tsv"
     threads: threads_of("evaluate")
     resources:
         **res("evaluate"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg reconstructions --ckpt {input.model} --pack {input.pack} --out {output}"
+        "{SSLSEG} reconstructions --ckpt {input.model} --pack {input.pack} --out {output}"
         " --settings {params.settings:q} --report {params.report:q} > {log} 2>&1"
 
 
 rule segmentations:
     input:
-        model=largest_run(),
+        model=f"{R}/runs/{grid.run_dir(largest_run())}/model.pt",
         pets=rules.pack_pets.output.pack,
         rows=rules.splits.output.test,
-        code=code("examples"),
+        code=code("segmentations", objective_module("segment")),
     output:
         report(
             f"{R}/report/segmentations.png",
@@ -133,15 +149,17 @@ rule segmentations:
             category="Figures",
         ),
     params:
-        settings=settings("evaluate"),
+        settings=as_json(eval_settings(config, largest_run().backbone)),
         report=report_settings("examples", "dpi"),
     log:
         f"{R}/logs/segmentations.log",
+    benchmark:
+        f"{R}/benchmarks/segmentations.tsv"
     threads: threads_of("evaluate")
     resources:
         **res("evaluate"),
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "python -m sslseg segmentations --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
+        "{SSLSEG} segmentations --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
         " --out {output} --settings {params.settings:q} --report {params.report:q} > {log} 2>&1"

@@ -1,0 +1,96 @@
+"""What the training loop optimises and at which learning rate: optimizer, per-step LR, freezing.
+
+The LR is a pure function of the global step (`lr_at`), set on every step by
+`sslseg.train.fit`; no scheduler object holds state, so a resumed run only needs
+the step to be back on the same schedule.
+
+Budget units: with `iterations: 0` the budget is `epochs`, and `milestones` and
+`warmup` count epochs; with `iterations > 0` the budget is that many steps, and
+they count steps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections import Counter
+
+import torch
+import torch.nn as nn
+
+from sslseg.io import UserError
+
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+def make_optimizer(objective: nn.Module, settings: dict, device: torch.device) -> torch.optim.Optimizer:
+    """settings["optimizer"] over the parameters that require a gradient (frozen ones get no
+    state), in `parameters()` order; fused kernels on CUDA where torch has them."""
+    params = [p for p in objective.parameters() if p.requires_grad]
+    if not params:
+        raise UserError(f"{settings['stage']}.freeze: every parameter is frozen; nothing is left to train")
+    cls = OPTIMIZERS[settings["optimizer"]]
+    kwargs = {"lr": settings["lr"], "weight_decay": settings["weight_decay"]}
+    if settings["optimizer"] == "sgd":
+        kwargs["momentum"] = settings["momentum"]
+    if "fused" in inspect.signature(cls).parameters:
+        kwargs["fused"] = device.type == "cuda"
+    return cls(params, **kwargs)
+
+
+def total_steps(settings: dict, steps_per_epoch: int) -> int:
+    """The budget in optimizer steps: `iterations`, or `epochs` full epochs."""
+    return settings["iterations"] or settings["epochs"] * steps_per_epoch
+
+
+def lr_at(step: int, steps_per_epoch: int, settings: dict) -> float:
+    """The learning rate of global step `step` (0-based).
+
+    multistep: lr, multiplied by gamma at each milestone passed, in the order and by the
+    same float operations as torch's MultiStepLR (lr * g**count per distinct milestone,
+    successively), so an epoch budget gives its LR floats exactly, changing at epoch
+    boundaries. cosine: 0.5 * lr * (1 + cos(pi * t / T)) per step, t and T counted after
+    the warm-up (so the peak is lr where the ramp ends; T = budget - warm-up steps).
+    warmup (W steps: `warmup`, times steps_per_epoch with an epoch budget): the LR is
+    multiplied by (step + 1) / W on steps 0..W-1, so the first step trains and step W-1
+    reaches the schedule's value.
+    """
+    per_step = settings["iterations"] > 0
+    unit = step if per_step else step // steps_per_epoch  # the unit milestones count in
+    warm = settings["warmup"] * (1 if per_step else steps_per_epoch)
+    lr = settings["lr"]
+    if settings["schedule"] == "multistep":
+        for milestone, count in sorted(Counter(settings["milestones"]).items()):
+            if milestone <= unit:
+                lr = lr * settings["gamma"] ** count
+    else:
+        span = max(1, total_steps(settings, steps_per_epoch) - warm)
+        t = min(max(0, step - warm), span)
+        lr = 0.5 * lr * (1 + math.cos(math.pi * t / span))
+    if step < warm:
+        lr = lr * (step + 1) / warm
+    return lr
+
+
+def freeze(model: nn.Module, prefixes: list[str], stage: str) -> list[nn.Module]:
+    """Stop the gradient of every parameter whose name starts with one of `prefixes`.
+
+    Returns the modules whose parameters are all frozen: the loop keeps them in eval()
+    so BatchNorm statistics and dropout leave a frozen part exactly as it was."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            roots = sorted({n.split(".")[0] + ("." if "." in n else "") for n in names})
+            raise UserError(f"{stage}.freeze: prefix {prefix!r} matches no parameter; "
+                            f"parameters start with: {', '.join(roots)}")
+    if not prefixes:
+        return []
+    for n, p in model.named_parameters():
+        if n.startswith(tuple(prefixes)):
+            p.requires_grad_(False)
+    frozen = []
+    for name, module in model.named_modules():
+        params = [n for n, _ in module.named_parameters(prefix=name)]
+        if params and all(n.startswith(tuple(prefixes)) for n in params):
+            frozen.append(module)
+    return frozen

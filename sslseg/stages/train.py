@@ -1,0 +1,103 @@
+"""Training stages: self-supervised pretraining, the intermediate classifier, the segmentation
+fine-tune. Each builds its objective by name and hands it to the one loop (sslseg.train.fit)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from sslseg.data.augment import augment
+from sslseg.data.loader import Batches
+from sslseg.data.pack import pack_length
+from sslseg.data.splits import read_rows
+from sslseg.io import UserError, write_sidecar
+from sslseg.models.checkpoint import load_backbone, save_checkpoint
+from sslseg.objectives import build_objective
+from sslseg.train import fit, pick_device
+
+
+def make_transform(aug: dict, size: int, label_key: str | None) -> Callable[[dict, torch.Generator], dict]:
+    """The stage's batched on-device augmentation: uint8 batch → normalised images (+ moved masks)."""
+    def apply(raw: dict, gen: torch.Generator) -> dict:
+        masks = raw["masks"] if label_key == "masks" else None
+        images, masks = augment(raw["images"], masks, size, gen, aug["scale"], aug["ratio"], aug["flip"], aug["jitter"])
+        batch = {"images": images}
+        if label_key == "masks":
+            batch["masks"] = masks
+        elif label_key:
+            batch[label_key] = raw[label_key]
+        return batch
+    return apply
+
+
+def scale_for_device(settings: dict, device: torch.device) -> dict:
+    """On CUDA, batch x train.cuda_batch_multiplier with the LR scaled by train.lr_scaling."""
+    m = settings["cuda_batch_multiplier"] if device.type == "cuda" else 1
+    if m == 1:
+        return settings
+    factor = {"linear": m, "sqrt": m**0.5, "none": 1}[settings["lr_scaling"]]
+    return {**settings, "batch_size": settings["batch_size"] * m, "lr": settings["lr"] * factor}
+
+
+def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, label_key: str | None,
+           settings: dict, runtime: dict, out: str, log: str) -> dict:
+    device = pick_device(settings["device"])
+    settings = scale_for_device(settings, device)
+    keys = ("images",) + ((label_key,) if label_key else ())
+    batches = Batches(pack_file, rows, settings["batch_size"], device, keys, runtime["memory_gb"])
+    transform = make_transform(settings["augment"], settings["model"]["image_size"], label_key)
+    resume = Path(out).with_name(f".{Path(out).name}.resume")
+    stats = fit(objective, batches, transform, settings, runtime=runtime, name=settings["stage"],
+                resume_path=resume, log_path=Path(log))
+    save_checkpoint(out, objective, {"stage": settings["stage"], "settings": settings})
+    resume.unlink(missing_ok=True)
+    stats.update(images=batches.n, batch_size=settings["batch_size"], lr=settings["lr"])
+    return stats
+
+
+def _init_from(objective: torch.nn.Module, init: str | None) -> list[str]:
+    if not init:
+        return []
+    dropped = load_backbone(objective, init)
+    print(f"loaded backbone from {init}; dropped its head: {', '.join(dropped) or 'nothing'}", flush=True)
+    return dropped
+
+
+def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: dict, threads: int = 1) -> None:
+    """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack."""
+    t0 = time.time()
+    torch.set_num_threads(threads)
+    if size > pack_length(pack):
+        raise UserError(f"grid.pretrain_sizes: {size} is larger than the {pack_length(pack)} packed images in {pack}")
+    torch.manual_seed(settings["seed"])
+    objective = build_objective(settings["objective"], settings)
+    stats = _train(objective, pack, np.arange(size), None, settings, runtime, out, log)
+    write_sidecar(out, "pretrain", settings, t0, seed=settings["seed"], **stats)
+
+
+def intermediate(pack: str, out: str, log: str, settings: dict, runtime: dict, init: str | None = None,
+                 threads: int = 1) -> None:
+    """Supervised classification on the intermediate dataset, starting from `init`'s backbone."""
+    t0 = time.time()
+    torch.set_num_threads(threads)
+    torch.manual_seed(settings["seed"])
+    objective = build_objective(settings["objective"], settings)
+    dropped = _init_from(objective, init)
+    stats = _train(objective, pack, None, "labels", settings, runtime, out, log)
+    write_sidecar(out, "intermediate", settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped, **stats)
+
+
+def finetune(pets: str, rows: str, out: str, log: str, settings: dict, runtime: dict, init: str | None = None,
+             threads: int = 1) -> None:
+    """Segmentation fine-tune on the pets rows listed in `rows`, from `init` (or scratch)."""
+    t0 = time.time()
+    torch.set_num_threads(threads)
+    torch.manual_seed(settings["seed"])
+    objective = build_objective(settings["objective"], settings)
+    dropped = _init_from(objective, init)
+    stats = _train(objective, pets, read_rows(rows), "masks", settings, runtime, out, log)
+    write_sidecar(out, "finetune", settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped, **stats)
