@@ -10,16 +10,11 @@ Standard library only: Snakemake parses the workflow in its own environment.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any, Iterator
 
 from sslseg.io import UserError
-
-PACKAGE = Path(__file__).resolve().parent
-
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
@@ -124,35 +119,15 @@ def wildcard(paths) -> str:
     return "|".join(re.escape(p) for p in sorted(paths)) or "(?!)"
 
 
-# --- objectives: files of sslseg/objectives/, read without importing torch -------------------
-
-
-def objective_names(pretraining: bool = True) -> list[str]:
-    """Objectives available as `sslseg/objectives/<name>.py`; with `pretraining`, only those
-    that declare `PRETRAINING = True` (found by parsing the file, not importing it)."""
-    names = []
-    for f in sorted((PACKAGE / "objectives").glob("*.py")):
-        if f.name.startswith("_"):
-            continue
-        if not pretraining or _declares_pretraining(f):
-            names.append(f.stem)
-    return names
-
-
-def _declares_pretraining(path: Path) -> bool:
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "PRETRAINING" for t in node.targets):
-            return isinstance(node.value, ast.Constant) and node.value.value is True
-    return False
-
-
 def check(config: dict) -> None:
     """Grid checks the schema cannot express; raises UserError with one line naming the key."""
-    known = objective_names()
+    from sslseg.objectives import pretraining  # stdlib only: reads the objective files, imports none
+
+    known = pretraining()
     for name in config["grid"]["objectives"]:
         if name not in known:
             raise UserError(f"grid.objectives: unknown objective {name!r}; available: {', '.join(known)} "
-                             "(a new one is a file sslseg/objectives/<name>.py declaring PRETRAINING = True)")
+                            "(a new one is a file sslseg/objectives/<name>.py declaring PRETRAINING = True)")
     for name in config["objectives"]:
         if name not in known:
             raise UserError(f"objectives.{name}: no such objective; available: {', '.join(known)}")

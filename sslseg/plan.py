@@ -9,12 +9,14 @@ here for a few seconds instead. Prints per-stage hours and a `resources: runtime
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 from pathlib import Path
 
-from sslseg.config import load_config, rule_resources, stage_settings
+from sslseg import grid
+from sslseg.config import load_config, model_settings, rule_resources, stage_settings
 from sslseg.io import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,8 +31,12 @@ STAGES = {"pack": ("pack", "pack"), "pretrain": ("pretrain", "a_simmim"), "inter
           "evaluate": ("evaluate", "evaluate")}
 
 
-def _epoch_images(n: int, batch_size: int) -> int:
-    return n // batch_size * batch_size  # fit drops the last partial batch
+def _image_steps(n: int, s: dict) -> int:
+    """Images one training job pushes through its step: whole batches only (fit drops the last
+    partial one), every epoch, or `iterations` batches with an iteration budget."""
+    if s["iterations"]:
+        return s["iterations"] * s["batch_size"]
+    return n // s["batch_size"] * s["batch_size"] * s["epochs"]
 
 
 def _count_images(folder: Path) -> int | None:
@@ -69,26 +75,31 @@ def dataset_sizes(cfg: dict, root: Path) -> dict[str, int]:
 
 
 def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict[str, list[int]]:
-    """Per stage, the images of each job: image-steps for training, images read otherwise."""
+    """Per stage, the images of each job (image-steps for training, images read otherwise), for
+    exactly the jobs the workflow runs: the runs and checkpoints of sslseg.grid."""
     import torch
 
-    from sslseg.stages import scale_for_device
+    from sslseg.stages.train import scale_for_device
 
-    grid, sizes = cfg["grid"], dataset_sizes(cfg, root)
-    pretrain_sizes = sorted(set(grid["pretrain_sizes"]))
-    inter = sorted({int(b) for b in grid["intermediate"]})
-    device = torch.device(device_type)
-    s = {k: scale_for_device(stage_settings(cfg, k), device) for k in ("pretrain", "intermediate", "finetune")}
-    steps = {k: (lambda n, k=k: _epoch_images(n, s[k]["batch_size"]) * s[k]["epochs"]) for k in s}
+    sizes, device = dataset_sizes(cfg, root), torch.device(device_type)
+    runs = grid.runs(cfg)
+    pretrained, inter = grid.by_path(runs, grid.pretrain_dir), grid.by_path(runs, grid.intermediate_dir)
+
+    def steps(stage: str, run, n: int) -> int:
+        return _image_steps(n, scale_for_device(stage_settings(cfg, stage, run), device))
+
     jobs: dict[str, list[int]] = {k: [] for k in STAGES}
-    jobs["pack"] = [sizes["pets"]] + ([max(pretrain_sizes)] if any(pretrain_sizes) else [])
-    jobs["pretrain"] = [steps["pretrain"](p) for p in pretrain_sizes if p]
-    if 1 in inter:
+    packed = {}  # pretraining pack per data set: its largest size
+    for run in pretrained.values():
+        packed[run.data] = max(packed.get(run.data, 0), run.pretrain)
+    jobs["pack"] = [sizes["pets"], *packed.values()]
+    jobs["pretrain"] = [steps("pretrain", run, run.pretrain) for run in pretrained.values()]
+    if inter:
         jobs["pack"] += [sizes["intermediate_train"], sizes["intermediate_test"]]
-        jobs["intermediate"] = [steps["intermediate"](sizes["intermediate_train"])] * len(pretrain_sizes)
-        jobs["intermediate_eval"] = [sizes["intermediate_test"]] * len(pretrain_sizes)
-    runs = len(pretrain_sizes) * len(inter) * len(grid["seeds"])  # every (init, seed) fine-tunes every size
-    jobs["finetune"] = [steps["finetune"](n) for n in grid["finetune_sizes"]] * runs
+        jobs["intermediate"] = [steps("intermediate", run, sizes["intermediate_train"]) for run in inter.values()]
+        jobs["intermediate_eval"] = [sizes["intermediate_test"]] * len(inter)
+    downstream = grid.by_path(runs, grid.run_dir).values()
+    jobs["finetune"] = [steps("finetune", run, run.finetune) for run in downstream]
     jobs["evaluate"] = [cfg["data"]["pets"]["test_size"]] * len(jobs["finetune"])
     return jobs
 
@@ -101,11 +112,14 @@ def count_work(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> d
 
 def _cost(model: dict) -> float:
     """Relative step cost of a model: tokens x backbone parameters (the linear layers dominate
-    at these token counts, and both scale the FLOPs per image linearly)."""
+    at these token counts, and both scale the FLOPs per image linearly). `model`: a model
+    slice (backbone, image_size, patch_size); benchmark files before the grid axes say preset."""
     from sslseg.models import build_backbone, count_parameters
 
+    model = {"backbone": model["backbone"] if "backbone" in model else model["preset"],
+             "image_size": model["image_size"], "patch_size": model["patch_size"]}
     tokens = (model["image_size"] // model["patch_size"]) ** 2 + 1
-    return tokens * count_parameters(build_backbone(model["preset"], model["image_size"], model["patch_size"]))
+    return tokens * count_parameters(build_backbone(model))
 
 
 def measure(cfg: dict, seconds: float = 4.0) -> dict:
@@ -114,24 +128,26 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
     segmentation step (forward only is about a third of forward + backward)."""
     import torch
 
-    from sslseg.bench import step_rate
-    from sslseg.objectives import Segment, SimMIM
-    from sslseg.stages import scale_for_device
+    from sslseg.bench.timing import step_rate
+    from sslseg.objectives import build_objective
+    from sslseg.stages.train import scale_for_device
     from sslseg.train import pick_device
 
     device = pick_device(cfg["device"])
+    # the grid's first run, with its first objective (the first run may have no pretraining)
+    run = dataclasses.replace(grid.runs(cfg)[0], objective=cfg["grid"]["objectives"][0])
     rates = {}
     for key, stage in (("a_simmim", "pretrain"), ("a_finetune", "finetune")):
-        s = scale_for_device(stage_settings(cfg, stage), device)
+        s = scale_for_device(stage_settings(cfg, stage, run), device)
         res = rule_resources(cfg, stage)
         torch.set_num_threads(min(res["threads"], os.cpu_count() or 1))  # as the job will run
         size, bs = s["model"]["image_size"], s["batch_size"]
         batch = {"images": torch.randn(bs, 3, size, size, device=device),
                  "masks": torch.randint(0, 3, (bs, size, size), device=device)}
-        model = SimMIM(s["model"], s["mask_ratio"]) if stage == "pretrain" else Segment(s["model"], 3)
+        model = build_objective(s["objective"], s)
         rates[key] = {"images_per_s": step_rate(model, batch, s, device, seconds), "threads": torch.get_num_threads()}
     rates["evaluate"] = {**rates["a_finetune"], "images_per_s": 3 * rates["a_finetune"]["images_per_s"]}
-    here = {**cfg["model"], "compile": False}
+    here = {**s["model"], "compile": False}
     return {"device": device.type, "device_name": str(device), "cpus": os.cpu_count(), "measurements": rates,
             "compile_s": {}, "settings": {"simmim": here, "finetune": here},
             "source": f"a {seconds:g}-s measurement per step here (eager; run python -m sslseg.bench for better figures)"}
@@ -161,13 +177,14 @@ def plan(cfg: dict, bench: dict, root: Path = Path(".")) -> dict:
     from sslseg.train import use_compile
 
     device, m = torch.device(bench["device"]), bench["measurements"]
+    model = model_settings(cfg, cfg["grid"]["backbones"][0])  # costs are scaled to the first backbone
     rows, runtime = {}, {}
     for stage, images in jobs_of(cfg, bench["device"], root).items():
         res_key, meas = STAGES[stage]
         if not images:
             continue
         task = "simmim" if meas == "a_simmim" else "finetune"
-        scale = 1.0 if stage == "pack" else _cost(bench["settings"][task]) / _cost(cfg["model"])
+        scale = 1.0 if stage == "pack" else _cost(bench["settings"][task]) / _cost(model)
         if bench["device"] == "cpu":  # CPU throughput follows the threads the rule gives its job
             res = rule_resources(cfg, res_key)
             measured = m.get(meas, {}).get("threads") or bench["settings"][task].get("threads")
@@ -192,9 +209,11 @@ def plan(cfg: dict, bench: dict, root: Path = Path(".")) -> dict:
     return {"stages": rows, "total_hours": total, "runtime": runtime}
 
 
-def print_plan(config_path: str, extra_configfile: str | None = None, bench_path: str | None = None) -> dict:
-    cfg = load_config(config_path, extra_configfile)
-    bench = load_bench(bench_path) or measure(cfg)
+def print_plan(config: str = "config.yaml", configfile: str | None = None, bench: str | None = None) -> dict:
+    """Estimate the wall time of the configured grid on this device (BENCHMARKS.json, or a short
+    measurement here), per stage, with a suggested resources.<rule>.runtime."""
+    cfg = load_config(config, configfile)
+    bench = load_bench(bench) or measure(cfg)
     result = plan(cfg, bench)
     print(f"sslseg plan: {cfg['name']}; throughput from {bench['source']} "
           f"({bench['device_name']}{', ' + bench['date'][:10] if 'date' in bench else ''})")

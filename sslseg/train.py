@@ -17,7 +17,6 @@ import csv
 import hashlib
 import json
 import math
-import os
 import time
 from contextlib import closing, nullcontext
 from itertools import islice
@@ -97,7 +96,9 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     optimizer, momentum, weight_decay, schedule, milestones, gamma, warmup, freeze, seed,
     compile, amp. runtime: log_every, checkpoint_every (and any other key that cannot
     change a result; none of them is part of the resume fingerprint). Returns
-    {"history": [one row per epoch], "images_per_s", "device", "compiled", "steps"}.
+    {"history": [one row per epoch], "images_per_s", "device", "compiled", "steps"}; a history
+    row (and a line of the log CSV) holds epoch, mean loss, the lr of the epoch's last step,
+    images_per_s and seconds.
     """
     device = batches.device
     objective.to(device)
@@ -109,7 +110,7 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     budget = total_steps(settings, per_epoch)
     epochs = -(-budget // per_epoch)
     start, history = 0, []
-    key = fingerprint({k: v for k, v in settings.items() if k not in runtime})
+    key = fingerprint(settings)  # runtime settings are not in it: changing them keeps a resume valid
     if resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=False)
         if state.get("fingerprint") == key:
@@ -136,7 +137,7 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
         loss_sum, seen, t0 = torch.zeros((), device=device), 0, time.perf_counter()
         with closing(batches.epoch(epoch_seed)) as raws:  # closes a streamed pack when the budget ends mid-epoch
             bar = tqdm(islice(raws, steps), total=steps, desc=f"{name} {epoch + 1}/{epochs}",
-                       mininterval=5, disable=os.environ.get("SSLSEG_NO_BAR") == "1")
+                       mininterval=5, disable=not runtime["progress"])
             for i, raw in enumerate(bar):
                 lr = lr_at(first + i, per_epoch, settings)
                 for group in opt.param_groups:
@@ -153,7 +154,6 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         dt = time.perf_counter() - t0
         seen_total, time_total = seen_total + seen, time_total + dt
-        # lr: the rate of the epoch's last step
         history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "lr": lr,
                         "images_per_s": round(seen / dt, 2), "seconds": round(dt, 3)})
         _write_log(log_path, history)

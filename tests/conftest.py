@@ -51,7 +51,12 @@ def copy_workflow(dst: Path) -> Path:
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SSLSEG_NO_BAR": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    """`python -m snakemake ARGS` in workdir with this interpreter, its venv NOT on PATH: the rules
+    must find the package through the interpreter running Snakemake, as for a user who did not
+    activate the venv."""
+    bindir = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != bindir)
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -34,10 +34,23 @@ def test_quick_bench_measures_everything(tmp_path):
         assert all(v > 0 for v in result["ratios"][task].values())
         assert result["flops_per_image"][task] > 0
         assert result["settings"][task]["compile"] is False  # --quick never pays for compiling
+        assert result["settings"][task]["backbone"] == "viny"  # the planner scales by it
     assert "target a/b simmim" in proc.stdout and "finetune: a/b" in proc.stdout
     # the planner reads what the bench wrote
     p = plan(load_config(ROOT / "config.yaml", TINY), result, tmp_path)
     assert p["total_hours"] > 0 and set(p["runtime"]) == {"pack", "pretrain", "intermediate", "finetune", "evaluate"}
+
+
+def test_bench_refuses_fewer_images_than_a_batch(capsys):
+    """Once it looped for ever: no whole batch in the pack, so every epoch was empty."""
+    from sslseg.bench.__main__ import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--quick", "--device", "cpu", "--images", "4"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "--images 4" in err and "batch size 8" in err
 
 
 def test_plan_counts_image_steps_of_the_tiny_grid(tmp_path):
@@ -65,12 +78,13 @@ def test_plan_uses_the_packed_size_whole_batches_and_scales_by_model(tmp_path):
         f["images"] = np.zeros((30, 4, 4, 3), np.uint8)
     work = count_work(cfg, "cpu", tmp_path)
     assert work["intermediate"]["largest"] == 24  # 30 packed, batch 8: 3 whole batches
+    here = {**cfg["model"], "backbone": cfg["grid"]["backbones"][0], "compile": False}
     bench = {"device": "cpu", "compile_s": {}, "measurements": {k: {"images_per_s": 10.0} for k in MEASUREMENTS},
-             "settings": {t: {**cfg["model"], "compile": False} for t in ("simmim", "finetune")}}
+             "settings": {t: here for t in ("simmim", "finetune")}}
     p = plan(cfg, bench, tmp_path)
     assert p["stages"]["pretrain"]["images_per_s"] == pytest.approx(10.0)  # same model: no scaling
     assert p["stages"]["pretrain"]["hours"] == pytest.approx((32 / 10 + STARTUP_S) / 3600)
-    at64 = {**cfg["model"], "image_size": 64, "compile": False}
+    at64 = {**here, "image_size": 64}
     bigger = {**bench, "settings": {"simmim": at64, "finetune": at64}}
     faster = plan(cfg, bigger, tmp_path)["stages"]["pretrain"]["images_per_s"]
     assert 3.3 < faster / 10.0 < 3.5  # benchmarked at 64 px (17 tokens), planned at 32 px (5 tokens)

@@ -88,15 +88,43 @@ def test_augment_moves_masks_with_images_and_varies_per_sample():
     assert len({tuple(t.flatten().tolist()) for t in theta}) == 8
 
 
-def test_loader_streams_in_contiguous_blocks_and_covers_every_row(tmp_path):
-    n = 40
-    with h5py.File(tmp_path / "p.h5", "w") as f:
-        f["images"] = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2).repeat(3, 3)
-    in_memory = Batches(tmp_path / "p.h5", np.arange(n), 4, torch.device("cpu"), ("images",), drop_last=False)
-    streamed = Batches(tmp_path / "p.h5", np.arange(n), 4, torch.device("cpu"), ("images",), memory_gb=1e-9,
-                       drop_last=False)
-    assert not in_memory.streamed and streamed.streamed
-    for b in (in_memory, streamed):
-        seen = torch.cat([batch["images"][:, 0, 0, 0] for batch in b.epoch(seed=1)])
-        assert sorted(seen.tolist()) == list(range(n))
-        assert seen.tolist() != list(range(n))  # shuffled
+def test_loader_streams_in_contiguous_blocks_and_covers_every_row(tmp_path, monkeypatch):
+    """The epoch order is one function of (rows, batch_size, seed): memory_gb never changes it."""
+    import sslseg.data.loader as loader
+
+    monkeypatch.setattr(loader, "MIN_BLOCK_ROWS", 128)  # blocks of 128 rows here, 65,536 in real runs
+    with h5py.File(tmp_path / "p.h5", "w") as f:  # each row holds its own index
+        f["images"] = np.arange(700, dtype=np.int32)[:, None]
+        f["masks"] = -np.arange(700, dtype=np.int32)[:, None]
+
+    def epoch(rows, drop_last, seed, memory_gb=8.0):
+        b = Batches(tmp_path / "p.h5", rows, 4, torch.device("cpu"), ("images", "masks"), memory_gb, drop_last)
+        batches = list(b.epoch(seed))
+        assert all(torch.equal(x["masks"], -x["images"]) for x in batches)  # keys stay together
+        return b.streamed, batches
+
+    # 302 contiguous rows from 5: three blocks of batch_size * 32 = 128 rows, the last partial
+    rows = np.arange(5, 307)
+    for drop_last in (True, False):
+        for seed in (1, 2, None):  # 1 and 2 visit the partial block mid-epoch: batches straddle blocks
+            (m, in_memory), (s, streamed) = epoch(rows, drop_last, seed), epoch(rows, drop_last, seed, 1e-9)
+            assert not m and s
+            assert len(in_memory) == len(streamed) == (75 if drop_last else 76)
+            assert all(torch.equal(a["images"], b["images"]) for a, b in zip(in_memory, streamed))
+            seen = torch.cat([x["images"][:, 0] for x in streamed]).tolist()
+            assert len(set(seen)) == len(seen) and set(seen) <= set(rows.tolist())
+            assert drop_last or sorted(seen) == rows.tolist()  # every row once
+            assert (seen == rows.tolist()[:len(seen)]) == (seed is None)  # shuffled unless no seed
+    # within one block (40 rows): exactly the order of torch.randperm seeded like the epoch
+    rows = np.arange(40)
+    ref = torch.randperm(40, generator=torch.Generator().manual_seed(3)).tolist()
+    for memory_gb in (8.0, 1e-9):
+        streamed, batches = epoch(rows, False, 3, memory_gb)
+        assert streamed == (memory_gb < 1)
+        assert torch.cat([x["images"][:, 0] for x in batches]).tolist() == ref
+    # a non-contiguous set (a fine-tune subset) is never streamed, and keeps randperm over all its rows
+    rows = np.arange(0, 700, 2)
+    streamed, batches = epoch(rows, False, 3, 1e-9)
+    assert not streamed
+    perm = torch.randperm(350, generator=torch.Generator().manual_seed(3))
+    assert torch.cat([x["images"][:, 0] for x in batches]).tolist() == rows[perm.numpy()].tolist()

@@ -30,7 +30,8 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 
 def pack_pets(root: Path, out: Path) -> subprocess.CompletedProcess:
-    return sslseg("pack-pets", "--root", str(root), "--out", str(out), "--settings", json.dumps({"image_size": 32}))
+    return sslseg("pack-pets", "--root", str(root), "--out", str(out),
+                  "--settings", json.dumps({"image_size": 32, "download": False}))
 
 
 def test_missing_dataset_folder(tmp_path):
@@ -61,7 +62,7 @@ def test_trimap_with_values_outside_1_to_3(pets_sample, tmp_path):
 
 def test_empty_image_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    proc = sslseg("pack-folder", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "x.h5"),
+    proc = sslseg("pack_intermediate", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "x.h5"),
                   "--settings", json.dumps({"pack_size": 32}))
     one_line_error(proc, "empty", "no images")
 
@@ -86,6 +87,11 @@ def test_finetune_size_larger_than_the_pool(tmp_path):
 @pytest.mark.parametrize("override,needle", [
     ("grid: {seeds: [zero]}", "grid.seeds.0: 'zero' is not of type 'integer'"),
     ("finetune: {lerning_rate: 0.1}", "finetune: unknown key ('lerning_rate' was unexpected)"),
+    ("grid: {objectives: [simmmim]}", "grid.objectives: unknown objective 'simmmim'; available: simmim"),
+    ("grid: {objectives: [segment]}", "grid.objectives: unknown objective 'segment'"),
+    ("objectives: {mea: {}}", "objectives.mea: no such objective"),
+    ("grid: {adaptations: [probe]}", "grid.adaptations.0: 'probe' is not one of ['finetune']"),
+    ("finetune: {optimizer: lamb}", "finetune.optimizer: 'lamb' is not one of ['adamw', 'adam', 'sgd']"),
 ])
 def test_config_errors_name_the_key(tmp_path, override, needle):
     wf = copy_workflow(tmp_path / "wf")
@@ -93,3 +99,14 @@ def test_config_errors_name_the_key(tmp_path, override, needle):
     proc = snakemake(wf, "-n", "--cores", "1", "--configfile", "bad.yaml", check=False)
     assert proc.returncode != 0
     assert needle in proc.stderr + proc.stdout
+
+
+def test_cli_lists_its_commands_and_rejects_an_unknown_one():
+    from sslseg.cli import COMMANDS
+
+    proc = sslseg("--help")
+    assert proc.returncode == 0 and all(c in proc.stdout for c in COMMANDS)
+    one_line = [ln for ln in sslseg("finetuen").stderr.splitlines() if "error" in ln]
+    assert one_line == ["sslseg: error: unknown command 'finetuen'"]
+    flags = sslseg("finetune", "--help").stdout
+    assert all(f in flags for f in ("--pets", "--rows", "--init", "--settings", "--runtime", "--threads"))

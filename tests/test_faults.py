@@ -29,7 +29,7 @@ from sslseg.models.checkpoint import read_checkpoint
 
 NAME = "fault"
 EPOCHS, EVERY, IMAGES = 16, 2, 48  # ~0.3 s an epoch on CPU: a kill window of seconds
-PRETRAIN = f"results/{NAME}/pretrain/p{IMAGES}"
+PRETRAIN = f"results/{NAME}/pretrain/viny/simmim-random-{IMAGES}"
 TARGET = f"{PRETRAIN}/model.pt"
 CONFIG = ["--configfile", "fault.yaml"]
 
@@ -42,13 +42,13 @@ def _write_config(wf: Path, size: int = IMAGES, **data) -> None:
     cfg["data"].update(data)
     cfg["grid"] = {"pretrain_sizes": [size], "intermediate": [False], "finetune_sizes": [4], "seeds": [0]}
     cfg["pretrain"].update(epochs=EPOCHS, milestones=[EPOCHS // 2])
-    cfg["train"]["checkpoint_every"] = EVERY
+    cfg["runtime"]["checkpoint_every"] = EVERY
     (wf / "fault.yaml").write_text(yaml.safe_dump(cfg))
 
 
 def _start(wf: Path, *args: str) -> subprocess.Popen:
     """`snakemake --cores 1 ARGS` in its own process group (output to files: no pipe to fill)."""
-    env = {**os.environ, "SSLSEG_NO_BAR": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = dict(os.environ)
     out = open(wf / "killed_run.txt", "w")
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", *args, *CONFIG], cwd=wf, env=env,
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -158,14 +158,14 @@ def test_killed_training_resumes_to_the_uninterrupted_weights(killed_pretrain, t
     assert 0 < resume_epoch <= killed_pretrain["logged"] < EPOCHS
     snakemake(wf, "--unlock", TARGET, *CONFIG)
     snakemake(wf, "--cores", "1", "--rerun-incomplete", TARGET, *CONFIG)
-    stage_log = (wf / f"results/{NAME}/logs/pretrain/p{IMAGES}.log").read_text()
+    stage_log = (wf / f"results/{NAME}/logs/pretrain/viny/simmim-random-{IMAGES}.log").read_text()
     assert f"resuming from {PRETRAIN}/.model.pt.resume at epoch {resume_epoch}" in stage_log, stage_log[-2000:]
     assert not (wf / PRETRAIN / ".model.pt.resume").exists()  # removed once the stage is done
 
     ref = copy_workflow(tmp_path / "uninterrupted")
     _write_config(ref)
     snakemake(ref, "--cores", "1", TARGET, *CONFIG)
-    assert "resuming" not in (ref / f"results/{NAME}/logs/pretrain/p{IMAGES}.log").read_text()
+    assert "resuming" not in (ref / f"results/{NAME}/logs/pretrain/viny/simmim-random-{IMAGES}.log").read_text()
 
     a, b = read_checkpoint(wf / TARGET)["model"], read_checkpoint(ref / TARGET)["model"]
     assert a.keys() == b.keys()
@@ -200,20 +200,20 @@ def test_pack_killed_while_writing_is_redone_not_trusted(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     _write_config(wf, n, pretrain={"source": "folder", "root": str(tmp_path / "folder"), "pack_size": 36})
     data = wf / f"results/{NAME}/data"
-    target = f"results/{NAME}/data/pretrain.h5"
+    target = f"results/{NAME}/data/pretrain-random.h5"
     proc = _start(wf, target)
 
     def temps() -> list[Path]:
-        return list(data.glob(".pretrain.h5.*.tmp")) if data.is_dir() else []
+        return list(data.glob(".pretrain-random.h5.*.tmp")) if data.is_dir() else []
 
     # Packing has begun once its output file is open (under either name: this wait must not
     # depend on the feature under test); its sidecar is written only once the pack is done.
-    _wait_for(proc, wf, lambda: bool(temps()) or (data / "pretrain.h5").exists(), "the pack's output file")
+    _wait_for(proc, wf, lambda: bool(temps()) or (data / "pretrain-random.h5").exists(), "the pack's output file")
     time.sleep(0.3)  # the file is open and being written; decoding the rest takes seconds more
-    assert proc.poll() is None and not (data / "pretrain.h5.json").exists(), "packing ended before the kill"
+    assert proc.poll() is None and not (data / "pretrain-random.h5.json").exists(), "packing ended before the kill"
     _kill(proc)
 
-    assert not (data / "pretrain.h5").exists() and not (data / "pretrain.h5.json").exists()
+    assert not (data / "pretrain-random.h5").exists() and not (data / "pretrain-random.h5.json").exists()
     assert temps()  # the half file is there, under a name no rule declares
     lax = _dry_run(wf, target, "--ignore-incomplete")
     assert lax.returncode == 0 and "pack_pretrain" in lax.stdout.split("Job stats:")[-1], lax.stdout[-3000:]
@@ -222,7 +222,7 @@ def test_pack_killed_while_writing_is_redone_not_trusted(tmp_path):
     assert planned_jobs(wf, target, *CONFIG) == {"pack_pretrain": 1}
     proc = snakemake(wf, "--cores", "1", "--rerun-incomplete", target, *CONFIG)
     assert "rule pack_pretrain:" in proc.stdout + proc.stderr
-    with h5py.File(data / "pretrain.h5", "r") as f:
+    with h5py.File(data / "pretrain-random.h5", "r") as f:
         assert f["images"].shape == (n, 36, 36, 3) and len(f["names"]) == n
         assert f["images"][n - 1].any()  # the last rows were written too
     assert planned_jobs(wf, target, *CONFIG) == {}

@@ -1,4 +1,5 @@
-"""The conda env of the rules and the Python package pin the same dependencies."""
+"""Dependencies: ranges in pyproject.toml, the exact tested set in requirements.lock,
+and the conda env of the rules (envs/sslseg.yaml) equal to the lock."""
 
 from __future__ import annotations
 
@@ -6,17 +7,82 @@ import re
 import tomllib
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 from conftest import ROOT
 
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
 
-def test_envs_match_pyproject_dependencies():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    env = yaml.safe_load((ROOT / "envs" / "sslseg.yaml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    norm = lambda reqs: {re.split(r"[=<>]", r)[0].lower(): r.lower() for r in reqs}  # noqa: E731
-    assert norm(pip) == norm(project)
-    assert all("==" in r for r in project), "pin every dependency for fast, reproducible installs"
+
+def lock_lines() -> list[str]:
+    text = (ROOT / "requirements.lock").read_text()
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def lock_pins() -> dict[str, str]:
+    pins: dict[str, str] = {}
+    for line in lock_lines():
+        m = PIN.match(line)
+        assert m, f"requirements.lock: {line!r} is not name==version"
+        name = canonicalize_name(m[1])
+        assert name not in pins, f"requirements.lock pins {name} twice"
+        pins[name] = m[2]
+    return pins
+
+
+def env_file() -> tuple[list[str], list[str]]:
+    """(conda dependencies, pip list) of envs/sslseg.yaml."""
+    deps = yaml.safe_load((ROOT / "envs" / "sslseg.yaml").read_text())["dependencies"]
+    pip = [d["pip"] for d in deps if isinstance(d, dict)]
+    assert len(pip) == 1, "envs/sslseg.yaml: expected one pip: section"
+    return [d for d in deps if not isinstance(d, dict)], pip[0]
+
+
+def project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def requirements() -> list[Requirement]:
+    p = project()
+    return [Requirement(r) for r in p["dependencies"] + p["optional-dependencies"]["test"]]
+
+
+def test_lock_is_complete_pins_without_sslseg():
+    pins = lock_pins()
+    assert "sslseg" not in pins, "the lock holds the dependencies; sslseg is installed from the tree"
+    assert {"torch", "setuptools", "snakemake", "pytest", "snakefmt"} <= set(pins), "regenerate with `make lock`"
+
+
+def test_env_pip_section_equals_the_lock():
+    conda, pip = env_file()
+    assert [str(p) for p in pip] == lock_lines(), "regenerate both with `make lock`"
+    pythons = [d for d in conda if str(d).startswith("python=")]
+    assert len(pythons) == 1 and "pip" in conda
+    version = pythons[0].split("=", 1)[1]
+    resolved = re.search(r"^# Resolved for: CPython (\d+\.\d+) ", (ROOT / "requirements.lock").read_text(), re.M)
+    assert resolved and resolved[1] == version, "envs/sslseg.yaml's python is not the one the lock was resolved for"
+    assert SpecifierSet(project()["requires-python"]).contains(version)
+
+
+def test_lock_satisfies_every_pyproject_range():
+    pins = lock_pins()
+    for req in requirements():
+        name = canonicalize_name(req.name)
+        if req.marker is not None and not req.marker.evaluate({"python_version": "3.11", "extra": "test"}):
+            continue
+        assert name in pins, f"{req}: not in requirements.lock; run `make lock`"
+        assert req.specifier.contains(pins[name], prereleases=True), \
+            f"requirements.lock pins {name}=={pins[name]}, outside pyproject.toml's {req}; run `make lock`"
+
+
+def test_pyproject_gives_ranges_not_pins():
+    for req in requirements():
+        ops = {s.operator for s in req.specifier}
+        assert ops, f"{req}: give a lower bound"
+        assert not ops & {"==", "==="}, f"{req}: pyproject.toml takes ranges; exact pins live in requirements.lock"
+        assert ops & {">=", "~=", ">"}, f"{req}: give a lower bound"
 
 
 def test_readme_config_reference_matches_the_schema():

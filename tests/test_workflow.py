@@ -39,12 +39,31 @@ def test_tiny_run_writes_every_artifact(tiny_run):
     for fig in ("fig_miou", "fig_delta", "reconstructions", "segmentations"):
         assert (out / "report" / f"{fig}.png").stat().st_size > 1000
         assert (out / "report" / f"{fig}.pdf").exists()
-    meta = json.loads((out / "pretrain" / "p16" / "model.pt.json").read_text())
+    meta = json.loads((out / "pretrain" / "viny" / "simmim-random-16" / "model.pt.json").read_text())
     assert meta["settings"]["mask_ratio"] == 0.5 and meta["torch"] and meta["wall_time_s"] > 0
     assert meta["device"] == "cpu" and "git_commit" in meta
-    ft = json.loads((out / "finetune" / "p16_i0" / "n8_s1" / "model.pt.json").read_text())
-    assert ft["init"].endswith("pretrain/p16/model.pt") and ft["dropped_keys"] == ["head.proj.bias", "head.proj.weight", "mask_token"]
+    run = out / "runs" / "viny" / "simmim-random-16-i0" / "finetune-full-n8-s1"
+    ft = json.loads((run / "model.pt.json").read_text())
+    assert ft["init"].endswith("pretrain/viny/simmim-random-16/model.pt")
+    assert ft["dropped_keys"] == ["head.proj.bias", "head.proj.weight", "mask_token"]
     assert not list(out.rglob("*.tmp"))
+
+
+def test_every_result_names_its_grid_coordinates(tiny_run):
+    """metrics.json says which run it is; runs.csv's axis columns are read from there, not from paths."""
+    from sslseg.grid import NAMES
+
+    out = tiny_run / "results" / "tiny"
+    metrics = json.loads((out / "runs/viny/simmim-random-16-i1/finetune-full-n4-s0/metrics.json").read_text())
+    assert metrics["run"] == {"backbone": "viny", "objective": "simmim", "data": "random", "pretrain": 16,
+                              "intermediate": 1, "adaptation": "finetune", "labels": "full", "finetune": 4, "seed": 0}
+    scratch = json.loads((out / "runs/viny/scratch-i0/finetune-full-n8-s1/metrics.json").read_text())["run"]
+    assert (scratch["objective"], scratch["data"], scratch["pretrain"]) == ("none", "none", 0)
+    runs = pd.read_csv(out / "report" / "runs.csv")
+    assert set(NAMES) <= set(runs.columns)
+    assert len(runs.drop_duplicates(list(NAMES))) == len(runs) == 16
+    acc = pd.read_csv(out / "report" / "intermediate.csv")
+    assert sorted(acc.pretrain) == [0, 16] and "seed" not in acc and acc.accuracy.between(0, 1).all()
 
 
 def test_unchanged_rerun_does_nothing(tiny_run):
@@ -63,27 +82,53 @@ def test_figure_only_change_reruns_only_the_figure_rule(tiny_run):
     assert jobs == {"figures": 1, "all": 1}
 
 
-def test_finetune_change_reruns_finetunes_evaluations_and_figures_not_pretraining(tiny_run):
+def test_finetune_change_reruns_finetunes_evaluations_and_report_rules_only(tiny_run):
     jobs = planned_jobs(tiny_run, *_with_change(tiny_run, "finetune", "lr", 1e-3))
-    assert jobs["finetune"] == 16 and jobs["evaluate"] == 16
-    assert {"aggregate", "tables", "figures", "segmentations"} <= set(jobs)
-    assert not {"pretrain", "intermediate", "pack_pets", "pack_pretrain", "reconstructions"} & set(jobs)
+    assert jobs == {"finetune": 16, "evaluate": 16, "aggregate": 1, "tables": 1, "figures": 1, "segmentations": 1,
+                    "all": 1}
 
 
-def test_code_change_to_one_stage_reruns_that_stage_and_descendants(tiny_run):
+@pytest.mark.parametrize("section,key,value", [
+    ("runtime", "log_every", 7), ("runtime", "checkpoint_every", 3), ("runtime", "memory_gb", 0.001),
+    ("runtime", "progress", False), ("resources", "finetune", {"threads": 2, "mem_mb": 1234, "runtime": 99}),
+    ("resources", "pretrain", {"gpu": 0}), ("resources", "evaluate", {"threads": 2}),
+    ("resources", "pack", {"mem_mb": 2000}), ("resources", "default", {"runtime": 5}),
+])
+def test_settings_that_cannot_change_a_result_rerun_nothing(tiny_run, section, key, value):
+    assert planned_jobs(tiny_run, *_with_change(tiny_run, section, key, value)) == {}
+
+
+def _jobs_after_editing(wf, module):
     # A real edit: Snakemake ignores a newer mtime when the content's checksum is unchanged.
-    src = tiny_run / "sslseg" / "objectives" / "simmim.py"
+    src = wf / module
     original = src.read_text()
     src.write_text(original + "\n# a code change\n")
     later = time.time() + 5
     os.utime(src, (later, later))
     try:
-        jobs = planned_jobs(tiny_run, *TINY)
+        return planned_jobs(wf, *TINY)
     finally:
         src.write_text(original)
-    assert jobs["pretrain"] == 1 and jobs["reconstructions"] == 1
-    assert jobs["finetune"] == 8  # the 8 fine-tunes from p16 (with and without intermediate)
+        os.utime(src, (later + 1, later + 1))
+
+
+def test_code_change_to_an_objective_reruns_its_stage_and_descendants_only(tiny_run):
+    jobs = _jobs_after_editing(tiny_run, "sslseg/objectives/simmim.py")
+    assert jobs["pretrain"] == 1 and jobs["reconstructions"] == 1 and jobs["intermediate"] == 1
+    assert jobs["finetune"] == 8  # the 8 fine-tunes from the pretraining (with and without intermediate)
     assert "pack_pets" not in jobs and "subset" not in jobs
+
+
+def test_code_change_to_an_imported_module_reruns_every_stage_that_imports_it(tiny_run):
+    # Nobody listed pack.py by hand: the stages import it (reading packs), so all of them rerun.
+    jobs = _jobs_after_editing(tiny_run, "sslseg/data/pack.py")
+    assert {k: jobs[k] for k in ("pack_pets", "pack_pretrain", "pack_intermediate", "pretrain", "finetune",
+                                 "evaluate")} == {"pack_pets": 1, "pack_pretrain": 1, "pack_intermediate": 2,
+                                                  "pretrain": 1, "finetune": 16, "evaluate": 16}
+    assert "demo_data" not in jobs  # the demo generator does not import the packer
+    # A module only the report imports reruns the report rules and nothing upstream.
+    assert set(_jobs_after_editing(tiny_run, "sslseg/report/tables.py")) <= {
+        "aggregate", "intermediate_accuracies", "tables", "figures", "all"}
 
 
 def test_report_builds(tiny_run):

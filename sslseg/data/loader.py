@@ -2,7 +2,8 @@
 
 The rows a stage trains on are read once into memory (a few hundred MB even
 for tens of thousands of 128-px images). When they exceed `memory_gb`, the pack
-is streamed instead, one contiguous HDF5 slice per block. Either way an epoch
+is streamed instead, one contiguous HDF5 slice per block (so a stream holds one
+block, up to MIN_BLOCK_ROWS rows, in memory). Either way an epoch
 visits the rows in the order `epoch_order` gives, a function of (rows,
 batch_size, seed) only, so `memory_gb` never changes a result.
 """
@@ -18,7 +19,11 @@ import torch
 
 from sslseg.data.pack import read_pack
 
-BLOCK_BATCHES = 32  # a streamed read is batch_size * 32 contiguous rows
+BLOCK_BATCHES = 32  # a block is batch_size * 32 contiguous rows, and at least MIN_BLOCK_ROWS
+# Sets up to this many rows (Intel's 14k scenes, the 7k pets, pretraining subsets up to 65k)
+# are one block, i.e. shuffled whole, whatever the order their pack was written in (Intel's
+# is by class). Only larger pretraining subsets, written in a random order, visit blocks.
+MIN_BLOCK_ROWS = 65_536
 BLOCK_SEED_OFFSET = 1_000_003  # the block order's generator, apart from the within-block one
 
 
@@ -28,9 +33,11 @@ def block_order(n: int, block: int, seed: int | None) -> list[tuple[int, torch.T
 
     The block order comes from a generator seeded `seed + 1_000_003`, the permutations from
     one seeded `seed`, drawn block after block; a single block is thus exactly
-    randperm(n, seed), the order of a non-contiguous set. Only blocks shuffle, not rows
-    across blocks: fine for pretraining packs, whose rows are already a seeded random
-    subset order, so each block is a random sample of the pack."""
+    randperm(n, seed), the order of a non-contiguous set. Rows mix within a block and blocks
+    in order, never rows across blocks: fine for pretraining packs, whose rows are written
+    in a seeded random subset order, so each block is already a random sample of the pack.
+    A pack written in class order (sorted folders) would give class-clustered batches once
+    it spans several blocks: write such a pack shuffled."""
     starts = list(range(0, n, block))
     if seed is None:
         return [(s, torch.arange(min(block, n - s))) for s in starts]
@@ -76,7 +83,7 @@ class Batches:
             perm = torch.arange(self.n) if seed is None else \
                 torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
             return [(0, perm)]
-        return block_order(self.n, self.batch_size * BLOCK_BATCHES, seed)
+        return block_order(self.n, max(self.batch_size * BLOCK_BATCHES, MIN_BLOCK_ROWS), seed)
 
     def order(self, seed: int | None) -> torch.Tensor:
         """Positions in `rows` in the order the epoch visits them."""

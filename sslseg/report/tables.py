@@ -39,7 +39,9 @@ def aggregate(metrics: list[str], out: str) -> pd.DataFrame:
     return df
 
 
-intermediate_accuracies = aggregate  # the intermediate classifiers' accuracy files, one row each
+def intermediate_accuracies(metrics: list[str], out: str) -> pd.DataFrame:
+    """The intermediate classifiers' accuracy files, one row each (as `aggregate`)."""
+    return aggregate(metrics, out)
 
 
 def write_csv(df: pd.DataFrame, out: str | Path) -> None:

@@ -67,37 +67,33 @@ def _init_from(objective: torch.nn.Module, init: str | None) -> list[str]:
     return dropped
 
 
-def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: dict, threads: int = 1) -> None:
-    """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack."""
+def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: str, log: str, settings: dict,
+               runtime: dict, init: str | None, threads: int) -> None:
+    """Build the stage's objective, load `init`'s backbone, train, write the checkpoint and sidecar."""
     t0 = time.time()
     torch.set_num_threads(threads)
-    if size > pack_length(pack):
-        raise UserError(f"grid.pretrain_sizes: {size} is larger than the {pack_length(pack)} packed images in {pack}")
     torch.manual_seed(settings["seed"])
     objective = build_objective(settings["objective"], settings)
-    stats = _train(objective, pack, np.arange(size), None, settings, runtime, out, log)
-    write_sidecar(out, "pretrain", settings, t0, seed=settings["seed"], **stats)
+    dropped = _init_from(objective, init)
+    stats = _train(objective, pack, rows, label_key, settings, runtime, out, log)
+    write_sidecar(out, settings["stage"], settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped,
+                  **stats)
+
+
+def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: dict, threads: int = 1) -> None:
+    """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack."""
+    if size > pack_length(pack):
+        raise UserError(f"grid.pretrain_sizes: {size} is larger than the {pack_length(pack)} packed images in {pack}")
+    _fit_stage(pack, np.arange(size), None, out, log, settings, runtime, None, threads)
 
 
 def intermediate(pack: str, out: str, log: str, settings: dict, runtime: dict, init: str | None = None,
                  threads: int = 1) -> None:
     """Supervised classification on the intermediate dataset, starting from `init`'s backbone."""
-    t0 = time.time()
-    torch.set_num_threads(threads)
-    torch.manual_seed(settings["seed"])
-    objective = build_objective(settings["objective"], settings)
-    dropped = _init_from(objective, init)
-    stats = _train(objective, pack, None, "labels", settings, runtime, out, log)
-    write_sidecar(out, "intermediate", settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped, **stats)
+    _fit_stage(pack, None, "labels", out, log, settings, runtime, init, threads)
 
 
 def finetune(pets: str, rows: str, out: str, log: str, settings: dict, runtime: dict, init: str | None = None,
              threads: int = 1) -> None:
     """Segmentation fine-tune on the pets rows listed in `rows`, from `init` (or scratch)."""
-    t0 = time.time()
-    torch.set_num_threads(threads)
-    torch.manual_seed(settings["seed"])
-    objective = build_objective(settings["objective"], settings)
-    dropped = _init_from(objective, init)
-    stats = _train(objective, pets, read_rows(rows), "masks", settings, runtime, out, log)
-    write_sidecar(out, "finetune", settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped, **stats)
+    _fit_stage(pets, read_rows(rows), "masks", out, log, settings, runtime, init, threads)

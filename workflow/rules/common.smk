@@ -94,7 +94,10 @@ def source_root(kind):
     if kind == "intermediate" and d["archive"]:
         return f"{R}/intel"
     if d["source"] == "demo":
-        return f"{R}/demo/" + {"pets": "", "pretrain": "imagenet", "intermediate": "intel"}[kind]
+        return (
+            f"{R}/demo/"
+            + {"pets": "", "pretrain": "imagenet", "intermediate": "intel"}[kind]
+        )
     return d["root"]
 
 
@@ -130,11 +133,17 @@ def run_dirs():
 
 def largest_run():
     """The fine-tune shown in the segmentation examples: most pretraining, most labels, first seed."""
-    return max(RUNS, key=lambda r: (r.pretrain, not r.intermediate, r.finetune))  # ties: the first
+    return max(
+        RUNS, key=lambda r: (r.pretrain, not r.intermediate, r.finetune)
+    )  # ties: the first
 
 
 def all_outputs():
-    out = [f"{R}/report/runs.csv", f"{R}/report/tables/summary.csv", f"{R}/report/fig_miou.png"]
+    out = [
+        f"{R}/report/runs.csv",
+        f"{R}/report/tables/summary.csv",
+        f"{R}/report/fig_miou.png",
+    ]
     out.append(f"{R}/report/segmentations.png")
     if PRETRAINED:
         out.append(f"{R}/report/reconstructions.png")

@@ -12,19 +12,19 @@ rule demo_data:
         code=code("demo_data"),
     output:
         touch(f"{R}/demo/.done"),
+    log:
+        f"{R}/logs/demo_data.log",
+    conda:
+        "../../envs/sslseg.yaml"
+    threads: threads_of("default")
+    resources:
+        **res("default"),
     params:
         pets=config["data"]["demo"]["pets"],
         pretrain=config["data"]["demo"]["pretrain"],
         intel=config["data"]["demo"]["intel_per_class"],
         seed=config["data"]["demo"]["seed"],
         out=lambda w, output: os.path.dirname(output[0]),
-    log:
-        f"{R}/logs/demo_data.log",
-    threads: threads_of("default")
-    resources:
-        **res("default"),
-    conda:
-        "../../envs/sslseg.yaml"
     shell:
         "{SSLSEG} demo_data --out {params.out} --pets {params.pets} --pretrain {params.pretrain}"
         " --intel-per-class {params.intel} --seed {params.seed} > {log} 2>&1"
@@ -36,15 +36,15 @@ rule extract_intel:
         code=code("extract_intel"),
     output:
         touch(f"{R}/intel/.done"),
-    params:
-        out=lambda w, output: os.path.dirname(output[0]),
     log:
         f"{R}/logs/extract_intel.log",
+    conda:
+        "../../envs/sslseg.yaml"
     threads: threads_of("default")
     resources:
         **res("default"),
-    conda:
-        "../../envs/sslseg.yaml"
+    params:
+        out=lambda w, output: os.path.dirname(output[0]),
     shell:
         "{SSLSEG} extract_intel --archive {input.archive} --out {params.out} > {log} 2>&1"
 
@@ -56,6 +56,15 @@ rule pack_pets:
     output:
         pack=f"{R}/data/pets.h5",
         meta=f"{R}/data/pets.h5.json",
+    log:
+        f"{R}/logs/pack_pets.log",
+    benchmark:
+        f"{R}/benchmarks/pack_pets.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
+    threads: threads_of("pack")
+    resources:
+        **res("pack"),
     params:
         root=lambda w: source_root("pets"),
         settings=as_json(
@@ -64,15 +73,6 @@ rule pack_pets:
                 "download": config["data"]["pets"]["download"],
             }
         ),
-    log:
-        f"{R}/logs/pack_pets.log",
-    benchmark:
-        f"{R}/benchmarks/pack_pets.tsv"
-    threads: threads_of("pack")
-    resources:
-        **res("pack"),
-    conda:
-        "../../envs/sslseg.yaml"
     shell:
         "{SSLSEG} pack_pets --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
@@ -85,8 +85,17 @@ rule pack_pretrain:
     output:
         pack=f"{R}/data/pretrain-{{data}}.h5",
         meta=f"{R}/data/pretrain-{{data}}.h5.json",
+    log:
+        f"{R}/logs/pack_pretrain-{{data}}.log",
+    benchmark:
+        f"{R}/benchmarks/pack_pretrain-{{data}}.tsv"
     wildcard_constraints:
         data=grid.wildcard(PRETRAIN_DATA),
+    conda:
+        "../../envs/sslseg.yaml"
+    threads: threads_of("pack")
+    resources:
+        **res("pack"),
     params:
         root=lambda w: source_root("pretrain"),
         settings=lambda w: as_json(
@@ -99,15 +108,6 @@ rule pack_pretrain:
                 "size": max(r.pretrain for r in RUNS if r.data == w.data),
             }
         ),
-    log:
-        f"{R}/logs/pack_pretrain-{{data}}.log",
-    benchmark:
-        f"{R}/benchmarks/pack_pretrain-{{data}}.tsv"
-    threads: threads_of("pack")
-    resources:
-        **res("pack"),
-    conda:
-        "../../envs/sslseg.yaml"
     shell:
         "{SSLSEG} pack_pretrain --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
@@ -120,20 +120,20 @@ rule pack_intermediate:
     output:
         pack=f"{R}/data/intermediate_{{split}}.h5",
         meta=f"{R}/data/intermediate_{{split}}.h5.json",
-    wildcard_constraints:
-        split="train|test",
-    params:
-        root=lambda w: f"{source_root('intermediate')}/seg_{w.split}",
-        settings=as_json({"pack_size": config["data"]["intermediate"]["pack_size"]}),
     log:
         f"{R}/logs/pack_intermediate_{{split}}.log",
     benchmark:
         f"{R}/benchmarks/pack_intermediate_{{split}}.tsv"
+    wildcard_constraints:
+        split="train|test",
+    conda:
+        "../../envs/sslseg.yaml"
     threads: threads_of("pack")
     resources:
         **res("pack"),
-    conda:
-        "../../envs/sslseg.yaml"
+    params:
+        root=lambda w: f"{source_root('intermediate')}/seg_{w.split}",
+        settings=as_json({"pack_size": config["data"]["intermediate"]["pack_size"]}),
     shell:
         "{SSLSEG} pack_intermediate --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
@@ -146,14 +146,14 @@ rule splits:
     output:
         test=f"{R}/splits/test.txt",
         pool=f"{R}/splits/pool.txt",
-    params:
-        settings=as_json(
-            {k: config["data"]["pets"][k] for k in ("test_size", "test_seed")}
-        ),
     log:
         f"{R}/logs/splits.log",
     conda:
         "../../envs/sslseg.yaml"
+    params:
+        settings=as_json(
+            {k: config["data"]["pets"][k] for k in ("test_size", "test_seed")}
+        ),
     shell:
         "{SSLSEG} splits --pets {input.pets} --test {output.test} --pool {output.pool}"
         " --settings {params.settings:q} > {log} 2>&1"

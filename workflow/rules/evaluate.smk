@@ -11,18 +11,18 @@ rule evaluate:
     output:
         metrics=f"{R}/runs/{{run}}/metrics.json",
         meta=f"{R}/runs/{{run}}/metrics.json.json",
-    params:
-        settings=lambda w: as_json(eval_settings(config, BY_RUN[w.run].backbone)),
-        run=lambda w: as_json(grid.coordinates(BY_RUN[w.run])),
     log:
         f"{R}/logs/evaluate/{{run}}.log",
     benchmark:
         f"{R}/benchmarks/evaluate/{{run}}.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
     threads: threads_of("evaluate")
     resources:
         **res("evaluate"),
-    conda:
-        "../../envs/sslseg.yaml"
+    params:
+        settings=lambda w: as_json(eval_settings(config, BY_RUN[w.run].backbone)),
+        run=lambda w: as_json(grid.coordinates(BY_RUN[w.run])),
     shell:
         "{SSLSEG} evaluate --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
         " --out {output.metrics} --settings {params.settings:q} --run {params.run:q}"

@@ -12,18 +12,18 @@ rule finetune:
         model=f"{R}/runs/{{run}}/model.pt",
         meta=f"{R}/runs/{{run}}/model.pt.json",
         train_log=f"{R}/runs/{{run}}/log.csv",
-    params:
-        settings=lambda w: as_json(stage_settings(config, "finetune", BY_RUN[w.run])),
-        init=init_flag,
     log:
         f"{R}/logs/finetune/{{run}}.log",
     benchmark:
         f"{R}/benchmarks/finetune/{{run}}.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
     threads: threads_of("finetune")
     resources:
         **res("finetune"),
-    conda:
-        "../../envs/sslseg.yaml"
+    params:
+        settings=lambda w: as_json(stage_settings(config, "finetune", BY_RUN[w.run])),
+        init=init_flag,
     shell:
         "{SSLSEG} finetune --pets {input.pets} --rows {input.rows} {params.init}"
         " --out {output.model} --log {output.train_log} --settings {params.settings:q}"

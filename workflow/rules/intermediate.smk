@@ -12,20 +12,20 @@ rule intermediate:
         model=f"{R}/intermediate/{{inter}}/model.pt",
         meta=f"{R}/intermediate/{{inter}}/model.pt.json",
         train_log=f"{R}/intermediate/{{inter}}/log.csv",
+    log:
+        f"{R}/logs/intermediate/{{inter}}.log",
+    benchmark:
+        f"{R}/benchmarks/intermediate/{{inter}}.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
+    threads: threads_of("intermediate")
+    resources:
+        **res("intermediate"),
     params:
         settings=lambda w: as_json(
             stage_settings(config, "intermediate", INTERMEDIATE[w.inter])
         ),
         init=init_flag,
-    log:
-        f"{R}/logs/intermediate/{{inter}}.log",
-    benchmark:
-        f"{R}/benchmarks/intermediate/{{inter}}.tsv"
-    threads: threads_of("intermediate")
-    resources:
-        **res("intermediate"),
-    conda:
-        "../../envs/sslseg.yaml"
     shell:
         "{SSLSEG} intermediate --pack {input.pack} {params.init} --out {output.model}"
         " --log {output.train_log} --settings {params.settings:q} --runtime {RUNTIME}"
@@ -39,20 +39,20 @@ rule intermediate_eval:
         code=code("intermediate_eval", objective_module("classify")),
     output:
         f"{R}/intermediate/{{inter}}/accuracy.json",
+    log:
+        f"{R}/logs/intermediate_eval/{{inter}}.log",
+    benchmark:
+        f"{R}/benchmarks/intermediate_eval/{{inter}}.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
+    threads: threads_of("evaluate")
+    resources:
+        **res("evaluate"),
     params:
         settings=lambda w: as_json(
             eval_settings(config, INTERMEDIATE[w.inter].backbone) | {"classes": 6}
         ),
         run=lambda w: as_json(grid.coordinates(INTERMEDIATE[w.inter], "intermediate")),
-    log:
-        f"{R}/logs/intermediate_eval/{{inter}}.log",
-    benchmark:
-        f"{R}/benchmarks/intermediate_eval/{{inter}}.tsv"
-    threads: threads_of("evaluate")
-    resources:
-        **res("evaluate"),
-    conda:
-        "../../envs/sslseg.yaml"
     shell:
         "{SSLSEG} intermediate_eval --ckpt {input.model} --pack {input.pack} --out {output}"
         " --settings {params.settings:q} --run {params.run:q} --threads {threads} > {log} 2>&1"

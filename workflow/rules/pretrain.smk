@@ -10,18 +10,20 @@ rule pretrain:
         model=f"{R}/pretrain/{{pre}}/model.pt",
         meta=f"{R}/pretrain/{{pre}}/model.pt.json",
         train_log=f"{R}/pretrain/{{pre}}/log.csv",
-    params:
-        size=lambda w: PRETRAINED[w.pre].pretrain,
-        settings=lambda w: as_json(stage_settings(config, "pretrain", PRETRAINED[w.pre])),
     log:
         f"{R}/logs/pretrain/{{pre}}.log",
     benchmark:
         f"{R}/benchmarks/pretrain/{{pre}}.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
     threads: threads_of("pretrain")
     resources:
         **res("pretrain"),
-    conda:
-        "../../envs/sslseg.yaml"
+    params:
+        size=lambda w: PRETRAINED[w.pre].pretrain,
+        settings=lambda w: as_json(
+            stage_settings(config, "pretrain", PRETRAINED[w.pre])
+        ),
     shell:
         "{SSLSEG} pretrain --pack {input.pack} --size {params.size} --out {output.model}"
         " --log {output.train_log} --settings {params.settings:q} --runtime {RUNTIME}"

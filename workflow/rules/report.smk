@@ -75,7 +75,9 @@ rule figures:
         code=code("figures"),
     output:
         miou=report(
-            f"{R}/report/fig_miou.png", caption="../report/fig_miou.rst", category="Figures"
+            f"{R}/report/fig_miou.png",
+            caption="../report/fig_miou.rst",
+            category="Figures",
         ),
         miou_pdf=f"{R}/report/fig_miou.pdf",
         delta=(
@@ -87,13 +89,13 @@ rule figures:
             if f"{R}/report/fig_delta.png" in all_outputs()
             else []
         ),
-    params:
-        settings=report_settings("style", "dpi"),
-        delta=lambda w, output: f"--delta-out {output.delta}" if output.delta else "",
     log:
         f"{R}/logs/figures.log",
     conda:
         "../../envs/sslseg.yaml"
+    params:
+        settings=report_settings("style", "dpi"),
+        delta=lambda w, output: f"--delta-out {output.delta}" if output.delta else "",
     shell:
         "{SSLSEG} figures --runs {input.runs} --out {output.miou} {params.delta}"
         " --settings {params.settings:q} > {log} 2>&1"
@@ -117,20 +119,20 @@ rule reconstructions:
             caption="../report/reconstructions.rst",
             category="Figures",
         ),
+    log:
+        f"{R}/logs/reconstructions.log",
+    benchmark:
+        f"{R}/benchmarks/reconstructions.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
+    threads: threads_of("evaluate")
+    resources:
+        **res("evaluate"),
     params:
         settings=lambda w: as_json(
             stage_settings(config, "pretrain", largest_pretraining()[1])
         ),
         report=report_settings("examples", "dpi"),
-    log:
-        f"{R}/logs/reconstructions.log",
-    benchmark:
-        f"{R}/benchmarks/reconstructions.tsv"
-    threads: threads_of("evaluate")
-    resources:
-        **res("evaluate"),
-    conda:
-        "../../envs/sslseg.yaml"
     shell:
         "{SSLSEG} reconstructions --ckpt {input.model} --pack {input.pack} --out {output}"
         " --settings {params.settings:q} --report {params.report:q} > {log} 2>&1"
@@ -148,18 +150,18 @@ rule segmentations:
             caption="../report/segmentations.rst",
             category="Figures",
         ),
-    params:
-        settings=as_json(eval_settings(config, largest_run().backbone)),
-        report=report_settings("examples", "dpi"),
     log:
         f"{R}/logs/segmentations.log",
     benchmark:
         f"{R}/benchmarks/segmentations.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
     threads: threads_of("evaluate")
     resources:
         **res("evaluate"),
-    conda:
-        "../../envs/sslseg.yaml"
+    params:
+        settings=as_json(eval_settings(config, largest_run().backbone)),
+        report=report_settings("examples", "dpi"),
     shell:
         "{SSLSEG} segmentations --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
         " --out {output} --settings {params.settings:q} --report {params.report:q} > {log} 2>&1"
