@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -113,9 +114,26 @@ def eval_settings(config: dict, backbone: str) -> dict:
             **config["evaluate"]}
 
 
+RUNTIME_ENV = "SSLSEG_RUNTIME"  # how the workflow hands a job its runtime settings (common.smk)
+
+
 def runtime_settings(config: dict) -> dict:
-    """Settings that cannot change a result: passed to jobs outside their params."""
+    """Settings that cannot change a result (the `runtime:` section): handed to jobs outside
+    their params, through the SSLSEG_RUNTIME environment variable."""
     return dict(config["runtime"])
+
+
+def job_runtime(runtime: dict | None = None) -> dict:
+    """A job's runtime settings: as given, else as the workflow hands them (SSLSEG_RUNTIME),
+    else the schema's defaults (a stage called by hand)."""
+    if runtime is not None:
+        return runtime
+    if RUNTIME_ENV in os.environ:
+        try:
+            return json.loads(os.environ[RUNTIME_ENV])
+        except json.JSONDecodeError as e:
+            raise UserError(f"{RUNTIME_ENV}: not valid JSON ({e}); it is set by the workflow's shell prefix") from None
+    return runtime_settings(validate({}))
 
 
 def rule_resources(config: dict, rule: str) -> dict:

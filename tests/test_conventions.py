@@ -73,7 +73,7 @@ def test_rule_name_is_the_cli_command_and_the_function_name():
     assert len(rules) >= 15
     for name, body in rules.items():
         assert name in COMMANDS, f"rule {name} has no `python -m sslseg {name}`"
-        assert f"{{SSLSEG}} {name} " in body, f"rule {name} does not call its own sub-command"
+        assert f"python -m sslseg {name} " in body, f"rule {name} does not call its own sub-command"
         assert resolve(name).__name__ == name, f"{COMMANDS[name]} is not named {name}"
         flags = set(re.findall(r" --([a-z-]+)", body))
         params = {p.replace("_", "-") for p in inspect.signature(resolve(name)).parameters}

@@ -135,3 +135,23 @@ def test_report_builds(tiny_run):
     snakemake(tiny_run, *TINY, "--report", "report.html")
     html = (tiny_run / "report.html").read_text(errors="ignore")
     assert "fig_miou.png" in html and "mIoU against the number of labelled" in html
+
+
+def test_evaluate_folder_reads_the_model_from_the_checkpoint(tiny_run):
+    """Any fine-tune scored on any Oxford-layout folder: no model settings to repeat; a pretraining
+    checkpoint is refused with one line."""
+    import subprocess
+    import sys
+
+    run = "results/tiny/runs/viny/simmim-random-16-i0/finetune-full-n8-s0"
+    args = [sys.executable, "-m", "sslseg", "evaluate_folder", "--root", "results/tiny/demo",
+            "--config", "config.yaml", "--configfile", TINY[1]]
+    proc = subprocess.run([*args, "--ckpt", f"{run}/model.pt", "--out", "scores.json"], cwd=tiny_run,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    scores = json.loads((tiny_run / "scores.json").read_text())
+    assert scores["images"] == 24 and 0 <= scores["miou"] <= 1
+    bad = subprocess.run([*args, "--ckpt", "results/tiny/pretrain/viny/simmim-random-16/model.pt"], cwd=tiny_run,
+                         capture_output=True, text=True, timeout=300)
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "written by the 'pretrain' stage" in lines[0]

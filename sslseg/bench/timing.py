@@ -119,7 +119,7 @@ def step_rate(objective: torch.nn.Module, batch: dict, settings: dict, device: t
     """Images/s of the model step alone (eager) on `batch` already on `device`; used by the planner."""
     objective.to(device).train()
     opt, gen = make_optimizer(objective, settings, device), torch.Generator().manual_seed(0)
-    amp = settings.get("amp", "auto")
+    amp = settings["amp"]
     for _ in range(warmup):
         train_step(objective, opt, batch, gen, amp, device)
 

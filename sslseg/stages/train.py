@@ -14,6 +14,7 @@ from sslseg.data.augment import augment
 from sslseg.data.loader import Batches
 from sslseg.data.pack import pack_length
 from sslseg.data.splits import read_rows
+from sslseg.config import job_runtime
 from sslseg.io import UserError, write_sidecar
 from sslseg.models.checkpoint import load_backbone, save_checkpoint
 from sslseg.objectives import build_objective
@@ -68,9 +69,11 @@ def _init_from(objective: torch.nn.Module, init: str | None) -> list[str]:
 
 
 def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: str, log: str, settings: dict,
-               runtime: dict, init: str | None, threads: int) -> None:
-    """Build the stage's objective, load `init`'s backbone, train, write the checkpoint and sidecar."""
+               runtime: dict | None, init: str | None, threads: int) -> None:
+    """Build the stage's objective, load `init`'s backbone, train, write the checkpoint and sidecar.
+    `runtime`: log_every, checkpoint_every, memory_gb, progress (None: see config.job_runtime)."""
     t0 = time.time()
+    runtime = job_runtime(runtime)
     torch.set_num_threads(threads)
     torch.manual_seed(settings["seed"])
     objective = build_objective(settings["objective"], settings)
@@ -80,20 +83,21 @@ def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: s
                   **stats)
 
 
-def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: dict, threads: int = 1) -> None:
+def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: dict | None = None,
+             threads: int = 1) -> None:
     """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack."""
     if size > pack_length(pack):
         raise UserError(f"grid.pretrain_sizes: {size} is larger than the {pack_length(pack)} packed images in {pack}")
     _fit_stage(pack, np.arange(size), None, out, log, settings, runtime, None, threads)
 
 
-def intermediate(pack: str, out: str, log: str, settings: dict, runtime: dict, init: str | None = None,
-                 threads: int = 1) -> None:
+def intermediate(pack: str, out: str, log: str, settings: dict, runtime: dict | None = None,
+                 init: str | None = None, threads: int = 1) -> None:
     """Supervised classification on the intermediate dataset, starting from `init`'s backbone."""
     _fit_stage(pack, None, "labels", out, log, settings, runtime, init, threads)
 
 
-def finetune(pets: str, rows: str, out: str, log: str, settings: dict, runtime: dict, init: str | None = None,
-             threads: int = 1) -> None:
+def finetune(pets: str, rows: str, out: str, log: str, settings: dict, runtime: dict | None = None,
+             init: str | None = None, threads: int = 1) -> None:
     """Segmentation fine-tune on the pets rows listed in `rows`, from `init` (or scratch)."""
     _fit_stage(pets, read_rows(rows), "masks", out, log, settings, runtime, init, threads)

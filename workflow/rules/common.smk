@@ -44,18 +44,21 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# Rules run the package with the interpreter that runs Snakemake, so a venv works whether or
-# not it is activated; with --software-deployment-method conda, with envs/sslseg.yaml's python.
-# PYTHONPATH makes it the sslseg beside this Snakefile, whatever --directory is.
+# Every rule runs `python -m sslseg <rule>`. The prefix makes that the interpreter running
+# Snakemake (so a venv works whether or not it is activated; with --software-deployment-method
+# conda, envs/sslseg.yaml's python) and the sslseg beside this Snakefile, whatever --directory
+# is. It also hands the jobs the settings that cannot change a result (`runtime:`) outside their
+# params, so changing them reruns nothing.
 _conda = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-SSLSEG = (
-    f"PYTHONPATH={shlex.quote(workflow.basedir)} "
-    + ("python" if _conda else shlex.quote(sys.executable))
-    + " -m sslseg"
+_path = "" if _conda else f" PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH"
+_runtime = shlex.quote(json.dumps(runtime_settings(config), sort_keys=True))
+_runtime = _runtime.replace("{", "{{").replace(
+    "}", "}}"
+)  # the prefix is formatted like a command
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}"
+    f" SSLSEG_RUNTIME={_runtime}{_path}; "
 )
-# Settings that cannot change a result (train loop cadence, memory threshold, progress bar).
-# They reach the shell as this global, not as params, so changing them reruns nothing.
-RUNTIME = shlex.quote(json.dumps(runtime_settings(config), sort_keys=True))
 
 
 def code(rule, *modules):
@@ -136,6 +139,16 @@ def largest_run():
     return max(
         RUNS, key=lambda r: (r.pretrain, not r.intermediate, r.finetune)
     )  # ties: the first
+
+
+def report_settings(*keys):
+    """Only the report keys one figure rule uses, so changing the style reruns only `figures`."""
+    return as_json({k: config["report"][k] for k in keys})
+
+
+def largest_pretraining():
+    """The pretraining shown in the reconstruction examples: the largest (first on ties)."""
+    return max(PRETRAINED.items(), key=lambda item: item[1].pretrain)
 
 
 def all_outputs():

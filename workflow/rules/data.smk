@@ -26,7 +26,7 @@ rule demo_data:
         seed=config["data"]["demo"]["seed"],
         out=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "{SSLSEG} demo_data --out {params.out} --pets {params.pets} --pretrain {params.pretrain}"
+        "python -m sslseg demo_data --out {params.out} --pets {params.pets} --pretrain {params.pretrain}"
         " --intel-per-class {params.intel} --seed {params.seed} > {log} 2>&1"
 
 
@@ -46,7 +46,7 @@ rule extract_intel:
     params:
         out=lambda w, output: os.path.dirname(output[0]),
     shell:
-        "{SSLSEG} extract_intel --archive {input.archive} --out {params.out} > {log} 2>&1"
+        "python -m sslseg extract_intel --archive {input.archive} --out {params.out} > {log} 2>&1"
 
 
 rule pack_pets:
@@ -74,7 +74,7 @@ rule pack_pets:
             }
         ),
     shell:
-        "{SSLSEG} pack_pets --root {params.root} --out {output.pack}"
+        "python -m sslseg pack_pets --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
@@ -109,7 +109,7 @@ rule pack_pretrain:
             }
         ),
     shell:
-        "{SSLSEG} pack_pretrain --root {params.root} --out {output.pack}"
+        "python -m sslseg pack_pretrain --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
@@ -135,7 +135,7 @@ rule pack_intermediate:
         root=lambda w: f"{source_root('intermediate')}/seg_{w.split}",
         settings=as_json({"pack_size": config["data"]["intermediate"]["pack_size"]}),
     shell:
-        "{SSLSEG} pack_intermediate --root {params.root} --out {output.pack}"
+        "python -m sslseg pack_intermediate --root {params.root} --out {output.pack}"
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
@@ -155,7 +155,7 @@ rule splits:
             {k: config["data"]["pets"][k] for k in ("test_size", "test_seed")}
         ),
     shell:
-        "{SSLSEG} splits --pets {input.pets} --test {output.test} --pool {output.pool}"
+        "python -m sslseg splits --pets {input.pets} --test {output.test} --pool {output.pool}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 
@@ -170,5 +170,5 @@ rule subset:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "{SSLSEG} subset --pool {input.pool} --out {output} --size {wildcards.n}"
+        "python -m sslseg subset --pool {input.pool} --out {output} --size {wildcards.n}"
         " --seed {wildcards.seed} > {log} 2>&1"

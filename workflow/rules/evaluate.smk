@@ -24,6 +24,6 @@ rule evaluate:
         settings=lambda w: as_json(eval_settings(config, BY_RUN[w.run].backbone)),
         run=lambda w: as_json(grid.coordinates(BY_RUN[w.run])),
     shell:
-        "{SSLSEG} evaluate --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
+        "python -m sslseg evaluate --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
         " --out {output.metrics} --settings {params.settings:q} --run {params.run:q}"
         " --threads {threads} > {log} 2>&1"

@@ -25,6 +25,6 @@ rule finetune:
         settings=lambda w: as_json(stage_settings(config, "finetune", BY_RUN[w.run])),
         init=init_flag,
     shell:
-        "{SSLSEG} finetune --pets {input.pets} --rows {input.rows} {params.init}"
+        "python -m sslseg finetune --pets {input.pets} --rows {input.rows} {params.init}"
         " --out {output.model} --log {output.train_log} --settings {params.settings:q}"
-        " --runtime {RUNTIME} --threads {threads} > {log} 2>&1"
+        " --threads {threads} > {log} 2>&1"

@@ -27,8 +27,8 @@ rule intermediate:
         ),
         init=init_flag,
     shell:
-        "{SSLSEG} intermediate --pack {input.pack} {params.init} --out {output.model}"
-        " --log {output.train_log} --settings {params.settings:q} --runtime {RUNTIME}"
+        "python -m sslseg intermediate --pack {input.pack} {params.init} --out {output.model}"
+        " --log {output.train_log} --settings {params.settings:q}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -54,5 +54,5 @@ rule intermediate_eval:
         ),
         run=lambda w: as_json(grid.coordinates(INTERMEDIATE[w.inter], "intermediate")),
     shell:
-        "{SSLSEG} intermediate_eval --ckpt {input.model} --pack {input.pack} --out {output}"
+        "python -m sslseg intermediate_eval --ckpt {input.model} --pack {input.pack} --out {output}"
         " --settings {params.settings:q} --run {params.run:q} --threads {threads} > {log} 2>&1"

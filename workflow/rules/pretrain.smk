@@ -25,6 +25,6 @@ rule pretrain:
             stage_settings(config, "pretrain", PRETRAINED[w.pre])
         ),
     shell:
-        "{SSLSEG} pretrain --pack {input.pack} --size {params.size} --out {output.model}"
-        " --log {output.train_log} --settings {params.settings:q} --runtime {RUNTIME}"
+        "python -m sslseg pretrain --pack {input.pack} --size {params.size} --out {output.model}"
+        " --log {output.train_log} --settings {params.settings:q}"
         " --threads {threads} > {log} 2>&1"

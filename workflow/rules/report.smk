@@ -9,11 +9,6 @@ localrules:
     figures,
 
 
-def report_settings(*keys):
-    """Only the report keys one figure rule uses, so changing the style reruns only `figures`."""
-    return as_json({k: config["report"][k] for k in keys})
-
-
 rule aggregate:
     input:
         metrics=[f"{d}/metrics.json" for d in run_dirs()],
@@ -29,7 +24,7 @@ rule aggregate:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "{SSLSEG} aggregate --out {output} --metrics {input.metrics} > {log} 2>&1"
+        "python -m sslseg aggregate --out {output} --metrics {input.metrics} > {log} 2>&1"
 
 
 rule intermediate_accuracies:
@@ -47,7 +42,7 @@ rule intermediate_accuracies:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "{SSLSEG} intermediate_accuracies --out {output} --metrics {input.metrics} > {log} 2>&1"
+        "python -m sslseg intermediate_accuracies --out {output} --metrics {input.metrics} > {log} 2>&1"
 
 
 rule tables:
@@ -66,7 +61,7 @@ rule tables:
     conda:
         "../../envs/sslseg.yaml"
     shell:
-        "{SSLSEG} tables --runs {input.runs} --outdir {output.tables} > {log} 2>&1"
+        "python -m sslseg tables --runs {input.runs} --outdir {output.tables} > {log} 2>&1"
 
 
 rule figures:
@@ -97,13 +92,8 @@ rule figures:
         settings=report_settings("style", "dpi"),
         delta=lambda w, output: f"--delta-out {output.delta}" if output.delta else "",
     shell:
-        "{SSLSEG} figures --runs {input.runs} --out {output.miou} {params.delta}"
+        "python -m sslseg figures --runs {input.runs} --out {output.miou} {params.delta}"
         " --settings {params.settings:q} > {log} 2>&1"
-
-
-def largest_pretraining():
-    """The pretraining shown in the reconstruction examples: the largest (first on ties)."""
-    return max(PRETRAINED.items(), key=lambda item: item[1].pretrain)
 
 
 rule reconstructions:
@@ -134,7 +124,7 @@ rule reconstructions:
         ),
         report=report_settings("examples", "dpi"),
     shell:
-        "{SSLSEG} reconstructions --ckpt {input.model} --pack {input.pack} --out {output}"
+        "python -m sslseg reconstructions --ckpt {input.model} --pack {input.pack} --out {output}"
         " --settings {params.settings:q} --report {params.report:q} > {log} 2>&1"
 
 
@@ -163,5 +153,5 @@ rule segmentations:
         settings=as_json(eval_settings(config, largest_run().backbone)),
         report=report_settings("examples", "dpi"),
     shell:
-        "{SSLSEG} segmentations --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
+        "python -m sslseg segmentations --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
         " --out {output} --settings {params.settings:q} --report {params.report:q} > {log} 2>&1"
