@@ -99,8 +99,8 @@ def test_rules_run_with_a_venv_that_is_not_activated(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(sys.executable).parent != Path(p))
     target = "results/tiny/splits/test.txt"
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "-d", str(tmp_path), "-s",
-                           str(ROOT / "Snakefile"), "--configfile", str(ROOT / TINY[1]), target],
+    proc = subprocess.run([sys.executable, "-m", "snakemake", target, "--cores", "1", "-d", str(tmp_path), "-s",
+                           str(ROOT / "Snakefile"), "--configfile", str(ROOT / TINY[1])],
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (tmp_path / target).read_text().strip()
