@@ -1,22 +1,19 @@
 # Two entry points for a fresh machine (Python 3.11+ with venv):
 #   make demo   install, then run the whole workflow offline on the generated demo set
 #   make test   install, then run the test suite
-# `make install` installs exactly the pins of requirements.lock (then sslseg itself,
-# editable, without dependencies); `make lock` re-resolves pyproject.toml's ranges
-# and rewrites requirements.lock and envs/sslseg.yaml.
+# `make install` (tools/install.sh) installs exactly the pins of requirements.lock on the
+# machine it was resolved for (its "# Resolved for:" line), elsewhere pyproject.toml's
+# ranges; `make lock` re-resolves those ranges and rewrites requirements.lock and
+# envs/sslseg.yaml.
 VENV ?= .venv
 LOCK := requirements.lock
 PY := $(VENV)/bin/python
-SNAKEMAKE := PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/snakemake --workflow-profile workflow/profiles/default
+SNAKEMAKE := $(VENV)/bin/snakemake --workflow-profile workflow/profiles/default
 
 .PHONY: install lock demo test sample report clean-demo
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-deps -r $(LOCK)
-	$(PY) -m pip install -q --no-deps -e .
-	$(PY) -m pip check
+	tools/install.sh $(VENV) $(LOCK)
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,7 +29,7 @@ sample: install
 	$(SNAKEMAKE) --configfile workflow/configs/sample.yaml
 
 test: install
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest
+	$(PY) -m pytest
 
 clean-demo:
 	rm -rf results/demo

@@ -40,7 +40,7 @@ COMMANDS: dict[str, str] = {
     "reconstructions": "sslseg.report.figures:reconstructions",
     "segmentations": "sslseg.report.figures:segmentations",
     # not rules: tools for users
-    "evaluate_folder": "sslseg.stages.evaluate:evaluate_folder",
+    "evaluate_folder": "sslseg.stages.folder:evaluate_folder",
     "plan": "sslseg.plan:print_plan",
 }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 
 import yaml
@@ -97,7 +96,7 @@ def stage_settings(config: dict, stage: str, run) -> dict:
     objective and its settings, the model, the loop settings that change results, the device.
     Rules pass exactly this as `params`, so only a change here reruns the stage."""
     if stage == "pretrain":
-        objective, extra = run.objective, config["objectives"].get(run.objective, {})
+        objective, extra = run.objective, config["objectives"][run.objective]
     else:
         objective, classes = STAGE_OBJECTIVES[stage]
         extra = {"classes": classes}
@@ -108,32 +107,18 @@ def stage_settings(config: dict, stage: str, run) -> dict:
     return s
 
 
-def eval_settings(config: dict, backbone: str) -> dict:
-    """What an evaluation or example figure depends on (never the loop's runtime settings)."""
-    return {"model": model_settings(config, backbone), "device": config["device"], "amp": config["train"]["amp"],
-            **config["evaluate"]}
-
-
-RUNTIME_ENV = "SSLSEG_RUNTIME"  # how the workflow hands a job its runtime settings (common.smk)
+def eval_settings(config: dict, backbone: str, stage: str = "finetune") -> dict:
+    """What evaluating a `stage` model (finetune: a segmenter, intermediate: a classifier), or
+    drawing its examples, depends on."""
+    objective, classes = STAGE_OBJECTIVES[stage]
+    return {"objective": objective, "classes": classes, "model": model_settings(config, backbone),
+            "device": config["device"], "amp": config["train"]["amp"], **config["evaluate"]}
 
 
 def runtime_settings(config: dict) -> dict:
     """Settings that cannot change a result (the `runtime:` section): handed to jobs outside
-    their params, through the SSLSEG_RUNTIME environment variable."""
+    their params (sslseg.runtime)."""
     return dict(config["runtime"])
-
-
-def job_runtime(runtime: dict | None = None) -> dict:
-    """A job's runtime settings: as given, else as the workflow hands them (SSLSEG_RUNTIME),
-    else the schema's defaults (a stage called by hand)."""
-    if runtime is not None:
-        return runtime
-    if RUNTIME_ENV in os.environ:
-        try:
-            return json.loads(os.environ[RUNTIME_ENV])
-        except json.JSONDecodeError as e:
-            raise UserError(f"{RUNTIME_ENV}: not valid JSON ({e}); it is set by the workflow's shell prefix") from None
-    return runtime_settings(validate({}))
 
 
 def rule_resources(config: dict, rule: str) -> dict:

@@ -10,11 +10,16 @@ Standard library only: Snakemake parses the workflow in its own environment.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import itertools
 import re
-from typing import Any, Iterator
+from pathlib import Path
+from typing import Any
 
 from sslseg.io import UserError
+
+MODELS = Path(__file__).resolve().parent / "models"
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
@@ -54,12 +59,16 @@ def pretrain_name(run: Any) -> str:
 
 def pretrain_dir(run: Any) -> str | None:
     """Folder of the run's pretraining checkpoint (None: no pretraining), e.g. `viny/simmim-random-45000`."""
-    return f"{run.backbone}/{pretrain_name(run)}" if run.pretrain else None
+    return "/".join(["-".join(_tokens(run, "model")), pretrain_name(run)]) if run.pretrain else None
 
 
 def intermediate_dir(run: Any) -> str | None:
-    """Folder of the run's intermediate checkpoint (None: no intermediate step), e.g. `viny/scratch`."""
-    return f"{run.backbone}/{pretrain_name(run)}" if run.intermediate else None
+    """Folder of the run's intermediate checkpoint (None: no intermediate step), e.g. `viny/scratch`.
+    Its own axis (intermediate on) is implied; any further intermediate-stage axis is appended."""
+    if not run.intermediate:
+        return None
+    extra = [a.token.format(getattr(run, a.name)) for a in AXES if a.stage == "intermediate" and a.name != "intermediate"]
+    return "/".join(["-".join(_tokens(run, "model")), "-".join([pretrain_name(run), *extra])])
 
 
 def run_dir(run: Any) -> str:
@@ -82,30 +91,42 @@ def runs(config: dict) -> list[Any]:
     """Every downstream run of the config's grid, in axis order.
 
     Without pretraining (size 0) the objective and data axes have no meaning: those runs
-    appear once, with objective and data `none`, whatever the lists hold.
+    appear once, with objective and data `none`, whatever the lists hold. Pretraining an
+    objective that masks patches on a backbone that cannot (a ResNet) is left out
+    (`skipped` says which), so one grid can hold a ResNet baseline beside pretrained ViTs.
     """
     grid = config["grid"]
-    values = [list(dict.fromkeys(grid[a.key])) for a in AXES]
-    seen: dict[Any, None] = {}
-    for combo in _product(values):
+    out: dict[Any, None] = {}
+    for combo in itertools.product(*(list(dict.fromkeys(grid[a.key])) for a in AXES)):
         coords = dict(zip(NAMES, combo))
         if not coords["pretrain"]:
             coords.update(objective=NONE, data=NONE)
-        seen.setdefault(Run(**coords))
-    return list(seen)
+        elif _incompatible(coords["backbone"], coords["objective"]):
+            continue
+        out.setdefault(Run(**coords))
+    if len({run_dir(r) for r in out}) != len(out):  # an axis whose values are missing from the paths
+        raise ValueError("two runs of the grid share a path: every axis needs a token in sslseg.grid.run_dir")
+    return list(out)
 
 
-def _product(values: list[list]) -> Iterator[tuple]:
-    if not values:
-        yield ()
-        return
-    for v in values[0]:
-        for rest in _product(values[1:]):
-            yield (v, *rest)
+def skipped(config: dict) -> list[str]:
+    """One line per (backbone, objective) pair of the grid that `runs` leaves out, and why."""
+    grid = config["grid"]
+    if not any(grid["pretrain_sizes"]):
+        return []
+    return [f"grid: no {o} pretraining on {b}: {o} masks patches, which {b} cannot (only ViTs can)"
+            for b in grid["backbones"] for o in grid["objectives"] if _incompatible(b, o)]
+
+
+def _incompatible(backbone: str, objective: str) -> bool:
+    from sslseg.objectives import needs_mask  # stdlib only: reads the objective's file
+
+    return needs_mask(objective) and not backbones().get(backbone, True)
 
 
 def by_path(items: list[Any], path_of) -> dict[str, Any]:
-    """{path: first item with that path}: what a rule's wildcard maps back to."""
+    """{path: first item with that path}: what a rule's wildcard maps back to (runs share a
+    pretraining or intermediate folder exactly when they share that checkpoint)."""
     out: dict[str, Any] = {}
     for item in items:
         path = path_of(item)
@@ -119,15 +140,46 @@ def wildcard(paths) -> str:
     return "|".join(re.escape(p) for p in sorted(paths)) or "(?!)"
 
 
+def backbones() -> dict[str, bool]:
+    """{backbone preset: whether it accepts a patch mask}, read from the `PRESETS` dicts and the
+    `accepts_mask` attributes of the family modules in sslseg/models/ (parsed, not imported)."""
+    out: dict[str, bool] = {}
+    for path in sorted(MODELS.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        names, accepts = [], False
+        for node in ast.walk(tree):
+            target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
+            name = getattr(target, "id", None)
+            if name == "PRESETS" and isinstance(node.value, ast.Dict):
+                names = [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+            elif name == "accepts_mask" and isinstance(node.value, ast.Constant):
+                accepts = bool(node.value.value)
+        out.update({n: accepts for n in names})
+    return out
+
+
 def check(config: dict) -> None:
     """Grid checks the schema cannot express; raises UserError with one line naming the key."""
-    from sslseg.objectives import pretraining  # stdlib only: reads the objective files, imports none
+    from sslseg.objectives import available, pretraining  # stdlib only: reads the objective files
 
     known = pretraining()
     for name in config["grid"]["objectives"]:
         if name not in known:
-            raise UserError(f"grid.objectives: unknown objective {name!r}; available: {', '.join(known)} "
+            why = "is not a pretraining objective" if name in available() else "is unknown"
+            raise UserError(f"grid.objectives: {name!r} {why}; available: {', '.join(known)} "
                             "(a new one is a file sslseg/objectives/<name>.py declaring PRETRAINING = True)")
+        if name not in config["objectives"]:
+            raise UserError(f"objectives.{name}: missing; give the settings of objective {name!r} "
+                            "(an empty mapping if it has none)")
+        clash = set(config["objectives"][name]) & {*config["pretrain"], "stage", "objective", "model", "device",
+                                                    *config["train"]}
+        if clash:
+            raise UserError(f"objectives.{name}: {', '.join(sorted(clash))} would override the pretraining "
+                            "recipe of the same name; rename the objective's setting")
     for name in config["objectives"]:
         if name not in known:
             raise UserError(f"objectives.{name}: no such objective; available: {', '.join(known)}")
+    presets = backbones()
+    for name in config["grid"]["backbones"]:
+        if name not in presets:
+            raise UserError(f"grid.backbones: unknown backbone {name!r}; available: {', '.join(presets)}")

@@ -94,3 +94,12 @@ def freeze(model: nn.Module, prefixes: list[str], stage: str) -> list[nn.Module]
         if params and all(n.startswith(tuple(prefixes)) for n in params):
             frozen.append(module)
     return frozen
+
+
+def scale_for_device(settings: dict, device: torch.device) -> dict:
+    """On CUDA, batch x train.cuda_batch_multiplier with the LR scaled by train.lr_scaling."""
+    m = settings["cuda_batch_multiplier"] if device.type == "cuda" else 1
+    if m == 1:
+        return settings
+    factor = {"linear": m, "sqrt": m**0.5, "none": 1}[settings["lr_scaling"]]
+    return {**settings, "batch_size": settings["batch_size"] * m, "lr": settings["lr"] * factor}

@@ -79,7 +79,7 @@ def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict
     exactly the jobs the workflow runs: the runs and checkpoints of sslseg.grid."""
     import torch
 
-    from sslseg.stages.train import scale_for_device
+    from sslseg.optim import scale_for_device
 
     sizes, device = dataset_sizes(cfg, root), torch.device(device_type)
     runs = grid.runs(cfg)
@@ -130,7 +130,7 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
 
     from sslseg.bench.timing import step_rate
     from sslseg.objectives import build_objective
-    from sslseg.stages.train import scale_for_device
+    from sslseg.optim import scale_for_device
     from sslseg.train import pick_device
 
     device = pick_device(cfg["device"])

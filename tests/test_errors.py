@@ -87,9 +87,11 @@ def test_finetune_size_larger_than_the_pool(tmp_path):
 @pytest.mark.parametrize("override,needle", [
     ("grid: {seeds: [zero]}", "grid.seeds.0: 'zero' is not of type 'integer'"),
     ("finetune: {lerning_rate: 0.1}", "finetune: unknown key ('lerning_rate' was unexpected)"),
-    ("grid: {objectives: [simmmim]}", "grid.objectives: unknown objective 'simmmim'; available: simmim"),
-    ("grid: {objectives: [segment]}", "grid.objectives: unknown objective 'segment'"),
+    ("grid: {objectives: [simmmim]}", "grid.objectives: 'simmmim' is unknown; available: simmim"),
+    ("grid: {objectives: [segment]}", "grid.objectives: 'segment' is not a pretraining objective"),
     ("objectives: {mea: {}}", "objectives.mea: no such objective"),
+    ("objectives: {simmim: {mask_ratio: 0.5, lr: 0.1}}", "objectives.simmim: unknown key ('lr' was unexpected)"),
+    ("grid: {backbones: [vit_huge]}", "grid.backbones: unknown backbone 'vit_huge'; available: resnet18"),
     ("grid: {adaptations: [probe]}", "grid.adaptations.0: 'probe' is not one of ['finetune']"),
     ("finetune: {optimizer: lamb}", "finetune.optimizer: 'lamb' is not one of ['adamw', 'adam', 'sgd']"),
 ])

@@ -10,7 +10,9 @@ from sslseg.io import UserError
 from sslseg.models import BACKBONES, build_backbone, count_parameters
 from sslseg.models.checkpoint import load_backbone, load_model, save_checkpoint
 from sslseg.models.vit import patchify, unpatchify
-from sslseg.objectives import Classify, Segment, SimMIM, random_mask
+from sslseg.objectives.classify import Classify
+from sslseg.objectives.segment import Segment
+from sslseg.objectives.simmim import SimMIM, random_mask
 
 VINY = dict(backbone="viny", image_size=128, patch_size=16)
 VINY32 = dict(backbone="viny", image_size=32, patch_size=16)

@@ -83,14 +83,3 @@ def test_build_objective_reads_the_complete_settings():
     assert (out["mask"].sum(1) == 3).all() and out["pred"].shape == (2, 3, 32, 32)
     with pytest.raises(KeyError, match="dropout"):  # no silent second set of defaults
         build_objective("segment", dict(model=VINY32, classes=3))
-
-
-def test_helpers_stay_importable_where_they_were():
-    from sslseg.objectives import IGNORE, mixup, random_mask
-    from sslseg.objectives.classify import mixup as mixup_
-    from sslseg.objectives.segment import IGNORE as IGNORE_
-    from sslseg.objectives.simmim import random_mask as random_mask_
-
-    assert (mixup, random_mask, IGNORE) == (mixup_, random_mask_, IGNORE_) and IGNORE == 255
-    with pytest.raises(ImportError):
-        from sslseg.objectives import nothing_here  # noqa: F401

@@ -14,7 +14,7 @@ import torch
 from sslseg.data import sources
 from sslseg.data.sources import INTEL_CLASSES
 from sslseg.io import UserError
-from sslseg.objectives import mixup
+from sslseg.objectives.classify import mixup
 from sslseg.report.tables import delta, summarise
 
 from conftest import ROOT, need_shared, planned_jobs

@@ -51,7 +51,7 @@ def test_make_optimizer_is_still_importable_from_train():
 
 
 def test_cuda_batch_multiplier_scales_batch_and_lr_only_on_cuda():
-    from sslseg.stages.train import scale_for_device
+    from sslseg.optim import scale_for_device
 
     s = settings_for(batch_size=64, lr=1e-3, cuda_batch_multiplier=8, lr_scaling="linear")
     assert scale_for_device(s, torch.device("cpu")) == s

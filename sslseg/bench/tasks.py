@@ -22,10 +22,10 @@ from sslseg.config import eval_settings, rule_resources, runtime_settings, stage
 from sslseg.data.loader import Batches
 from sslseg.data.pack import pack, read_pack
 from sslseg.data.sources import Record
+from sslseg.data.augment import make_transform
+from sslseg.models.predict import predict_classes
 from sslseg.objectives import build_objective
-from sslseg.optim import make_optimizer, total_steps
-from sslseg.stages.evaluate import predict_classes
-from sslseg.stages.train import make_transform, scale_for_device
+from sslseg.optim import make_optimizer, scale_for_device, total_steps
 from sslseg.train import train_step, use_compile
 
 # Task (the key of every figure in the JSON, which the planner reads) → the stage it times.
@@ -147,14 +147,14 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, second
 def bench_eval(cfg: dict, device: torch.device, data: dict, *, seconds: float, quick: bool) -> dict:
     """predict_classes over the packed pets (host uint8 → device → augment → forward), as evaluate runs."""
     fine = task_settings(cfg, "finetune", device, quick)
-    s = {**eval_settings(cfg, fine["model"]["backbone"]), "model": fine["model"]}
+    s = {**eval_settings(cfg, fine["model"]["backbone"]), "model": fine["model"], "device": str(device)}
     threads = set_threads(cfg, "evaluate", quick)
     base_kb = status_kb("VmRSS")
-    model = build_objective(fine["objective"], {**s, "classes": fine["classes"], "dropout": 0.0})
+    model = build_objective(s["objective"], {**s, "dropout": 0.0})  # untrained: the speed is the same
     images = read_pack(data["finetune"], None, ("images",))["images"]
 
     def run() -> int:
-        return len(predict_classes(model, images, s["model"]["image_size"], device, s["batch_size"], s["amp"]))
+        return len(predict_classes(model, images, s))
 
     run()
     return {**interleaved({"evaluate": run}, seconds, 1, device, base_kb)["evaluate"], "threads": threads}

@@ -8,7 +8,7 @@ the same grid (nearest) moves the trimaps, so labels stay aligned.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,3 +85,17 @@ def augment(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: to
             masks = m.squeeze(1)
     x = colour_jitter(x, jitter, gen)
     return normalize(x), None if masks is None else masks.long()
+
+
+def make_transform(aug: dict, size: int, label_key: str | None) -> Callable[[dict, torch.Generator], dict]:
+    """The stage's batched on-device augmentation: uint8 batch → normalised images (+ moved masks)."""
+    def apply(raw: dict, gen: torch.Generator) -> dict:
+        masks = raw["masks"] if label_key == "masks" else None
+        images, masks = augment(raw["images"], masks, size, gen, aug["scale"], aug["ratio"], aug["flip"], aug["jitter"])
+        batch = {"images": images}
+        if label_key == "masks":
+            batch["masks"] = masks
+        elif label_key:
+            batch[label_key] = raw[label_key]
+        return batch
+    return apply

@@ -16,12 +16,6 @@ from typing import Any
 
 _HERE = Path(__file__).parent
 
-# Names importable from the package itself, resolved on first use so that
-# `available()` never pulls in torch.
-_LAZY = {"mixup": "classify", "random_mask": "simmim", "IGNORE": "segment",
-         "SimMIM": "simmim", "Segment": "segment", "Classify": "classify"}
-
-
 def available() -> list[str]:
     """Every objective module of the package: `<name>.py` not starting with `_`."""
     return sorted(p.stem for p in _HERE.glob("*.py") if not p.name.startswith("_"))
@@ -30,6 +24,11 @@ def available() -> list[str]:
 def pretraining() -> list[str]:
     """The objectives whose module sets `PRETRAINING = True`, read from the source (no import)."""
     return [name for name in available() if _constant(_HERE / f"{name}.py", "PRETRAINING") is True]
+
+
+def needs_mask(name: str) -> bool:
+    """Whether objective `name` masks patches (`NEEDS_MASK = True`), read from the source."""
+    return _constant(_HERE / f"{name}.py", "NEEDS_MASK") is True
 
 
 def build_objective(name: str, settings: dict) -> Any:
@@ -50,8 +49,3 @@ def _constant(path: Path, name: str) -> Any:
                 return None
     return None
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

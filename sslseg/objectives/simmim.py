@@ -12,6 +12,7 @@ from sslseg.models.vit import PRESETS as VIT_PRESETS
 from sslseg.models.vit import patchify
 
 PRETRAINING = True
+NEEDS_MASK = True  # masks patch embeddings: only backbones with `accepts_mask` (ViTs)
 
 
 def build(settings: dict) -> SimMIM:

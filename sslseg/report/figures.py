@@ -130,15 +130,12 @@ def segmentations(ckpt: str, pets: str, rows: str, out: str, settings: dict, rep
     """Input / truth / prediction for the first test images. settings: evaluation's; report: examples, dpi."""
     from sslseg.data.pack import read_pack
     from sslseg.data.splits import read_rows
-    from sslseg.stages.evaluate import load_for_eval, predict_classes
-    from sslseg.train import pick_device
+    from sslseg.models.predict import load_for_eval, predict_classes
 
     test_rows = np.sort(read_rows(rows))[: report["examples"]]
     arrays = read_pack(pets, test_rows)
-    model = load_for_eval("segment", ckpt, settings, 3)
     size = settings["model"]["image_size"]
-    pred = predict_classes(model, arrays["images"], size, pick_device(settings["device"]), settings["batch_size"],
-                           settings["amp"])
+    pred = predict_classes(load_for_eval(ckpt, settings), arrays["images"], settings)
     truth = torch.nn.functional.interpolate(torch.as_tensor(arrays["masks"])[:, None].float(), size=(size, size),
                                             mode="nearest")[:, 0].long()
     images = torch.nn.functional.interpolate(torch.as_tensor(arrays["images"]).permute(0, 3, 1, 2).float(),

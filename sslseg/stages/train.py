@@ -5,43 +5,20 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from sslseg.data.augment import augment
+from sslseg.data.augment import make_transform
 from sslseg.data.loader import Batches
 from sslseg.data.pack import pack_length
 from sslseg.data.splits import read_rows
-from sslseg.config import job_runtime
 from sslseg.io import UserError, write_sidecar
 from sslseg.models.checkpoint import load_backbone, save_checkpoint
 from sslseg.objectives import build_objective
+from sslseg.optim import scale_for_device
+from sslseg.runtime import job_runtime
 from sslseg.train import fit, pick_device
-
-
-def make_transform(aug: dict, size: int, label_key: str | None) -> Callable[[dict, torch.Generator], dict]:
-    """The stage's batched on-device augmentation: uint8 batch → normalised images (+ moved masks)."""
-    def apply(raw: dict, gen: torch.Generator) -> dict:
-        masks = raw["masks"] if label_key == "masks" else None
-        images, masks = augment(raw["images"], masks, size, gen, aug["scale"], aug["ratio"], aug["flip"], aug["jitter"])
-        batch = {"images": images}
-        if label_key == "masks":
-            batch["masks"] = masks
-        elif label_key:
-            batch[label_key] = raw[label_key]
-        return batch
-    return apply
-
-
-def scale_for_device(settings: dict, device: torch.device) -> dict:
-    """On CUDA, batch x train.cuda_batch_multiplier with the LR scaled by train.lr_scaling."""
-    m = settings["cuda_batch_multiplier"] if device.type == "cuda" else 1
-    if m == 1:
-        return settings
-    factor = {"linear": m, "sqrt": m**0.5, "none": 1}[settings["lr_scaling"]]
-    return {**settings, "batch_size": settings["batch_size"] * m, "lr": settings["lr"] * factor}
 
 
 def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, label_key: str | None,
@@ -71,7 +48,7 @@ def _init_from(objective: torch.nn.Module, init: str | None) -> list[str]:
 def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: str, log: str, settings: dict,
                runtime: dict | None, init: str | None, threads: int) -> None:
     """Build the stage's objective, load `init`'s backbone, train, write the checkpoint and sidecar.
-    `runtime`: log_every, checkpoint_every, memory_gb, progress (None: see config.job_runtime)."""
+    `runtime`: log_every, checkpoint_every, memory_gb, progress (None: see sslseg.runtime)."""
     t0 = time.time()
     runtime = job_runtime(runtime)
     torch.set_num_threads(threads)

@@ -1,6 +1,8 @@
 # The one place for Python in the workflow: config validation, the grid's paths, input functions.
-# It imports only the standard library and sslseg's stdlib-only modules (grid, config, cli,
-# sourcefiles), so Snakemake's own environment needs neither numpy nor torch to read it.
+# It imports only the standard library, sslseg's modules that need nothing else (grid, cli,
+# sourcefiles) and sslseg.config (yaml and jsonschema, which Snakemake itself depends on), so
+# Snakemake's own environment needs neither numpy nor torch to read it (a test checks).
+import importlib.util
 import json
 import os
 import shlex
@@ -13,6 +15,7 @@ from snakemake.settings.types import DeploymentMethod
 from sslseg import grid
 from sslseg.cli import COMMANDS
 from sslseg.config import (
+    STAGE_OBJECTIVES,
     eval_settings,
     rule_resources,
     runtime_settings,
@@ -29,6 +32,8 @@ except UserError as e:
 
 R = f"results/{config['name']}"
 RUNS = grid.runs(config)
+for note in grid.skipped(config):
+    print(f"sslseg: {note}", file=sys.stderr)
 # Each artifact's folder → a run that needs it (the rules' wildcards map back through these).
 PRETRAINED = grid.by_path(RUNS, grid.pretrain_dir)
 INTERMEDIATE = grid.by_path(RUNS, grid.intermediate_dir)
@@ -44,20 +49,26 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-# Every rule runs `python -m sslseg <rule>`. The prefix makes that the interpreter running
-# Snakemake (so a venv works whether or not it is activated; with --software-deployment-method
-# conda, envs/sslseg.yaml's python) and the sslseg beside this Snakefile, whatever --directory
-# is. It also hands the jobs the settings that cannot change a result (`runtime:`) outside their
-# params, so changing them reruns nothing.
-_conda = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-_path = "" if _conda else f" PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH"
+# Every rule runs `python -m sslseg <rule>`. The prefix makes that the sslseg beside this
+# Snakefile, whatever --directory is, and, when the interpreter running Snakemake has torch (a
+# venv, activated or not), that interpreter; otherwise (Snakemake in an environment of its own)
+# the `python` of the active environment, or with --software-deployment-method conda, that of
+# envs/sslseg.yaml. It also hands the jobs the settings that cannot change a result (`runtime:`)
+# outside their params (sslseg/runtime.py), so changing them reruns nothing.
+_own = (
+    DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
+    and bool(importlib.util.find_spec("torch"))
+)
+_path = f" PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH" if _own else ""
 _runtime = shlex.quote(json.dumps(runtime_settings(config), sort_keys=True))
-_runtime = _runtime.replace("{", "{{").replace(
-    "}", "}}"
-)  # the prefix is formatted like a command
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}"
-    f" SSLSEG_RUNTIME={_runtime}{_path}; "
+    (
+        f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}"
+        "${PYTHONPATH:+:$PYTHONPATH}"
+        f" SSLSEG_RUNTIME={_runtime}{_path}; "
+    )
+    .replace("{", "{{")
+    .replace("}", "}}")  # the prefix is formatted like a shell command
 )
 
 
@@ -66,12 +77,17 @@ def code(rule, *modules):
     Snakemake does not track imports, so this is what makes a code change rerun the stage.
     `modules`: what the stage imports by name at run time (its objective)."""
     entry = COMMANDS[rule].split(":")[0]
-    files = module_files([entry, "sslseg.cli", *modules], workflow.basedir)
+    files = module_files([entry, "sslseg.__main__", *modules], workflow.basedir)
     return [os.path.relpath(os.path.join(workflow.basedir, f)) for f in files]
 
 
 def objective_module(name):
     return f"sslseg.objectives.{name}"
+
+
+def stage_objective(stage):
+    """The module of the objective a downstream stage trains (intermediate, finetune)."""
+    return objective_module(STAGE_OBJECTIVES[stage][0])
 
 
 def as_json(obj):

@@ -7,7 +7,7 @@ rule evaluate:
         model=rules.finetune.output.model,
         pets=rules.pack_pets.output.pack,
         rows=rules.splits.output.test,
-        code=code("evaluate", objective_module("segment")),
+        code=code("evaluate", stage_objective("finetune")),
     output:
         metrics=f"{R}/runs/{{run}}/metrics.json",
         meta=f"{R}/runs/{{run}}/metrics.json.json",

@@ -7,7 +7,7 @@ rule finetune:
         pets=rules.pack_pets.output.pack,
         rows=lambda w: subset_file(BY_RUN[w.run]),
         init=lambda w: init_checkpoint(BY_RUN[w.run]),
-        code=code("finetune", objective_module("segment")),
+        code=code("finetune", stage_objective("finetune")),
     output:
         model=f"{R}/runs/{{run}}/model.pt",
         meta=f"{R}/runs/{{run}}/model.pt.json",

@@ -7,7 +7,7 @@ rule intermediate:
     input:
         pack=f"{R}/data/intermediate_train.h5",
         init=lambda w: pretrain_checkpoint(INTERMEDIATE[w.inter]),
-        code=code("intermediate", objective_module("classify")),
+        code=code("intermediate", stage_objective("intermediate")),
     output:
         model=f"{R}/intermediate/{{inter}}/model.pt",
         meta=f"{R}/intermediate/{{inter}}/model.pt.json",
@@ -36,7 +36,7 @@ rule intermediate_eval:
     input:
         model=rules.intermediate.output.model,
         pack=f"{R}/data/intermediate_test.h5",
-        code=code("intermediate_eval", objective_module("classify")),
+        code=code("intermediate_eval", stage_objective("intermediate")),
     output:
         f"{R}/intermediate/{{inter}}/accuracy.json",
     log:
@@ -50,7 +50,7 @@ rule intermediate_eval:
         **res("evaluate"),
     params:
         settings=lambda w: as_json(
-            eval_settings(config, INTERMEDIATE[w.inter].backbone) | {"classes": 6}
+            eval_settings(config, INTERMEDIATE[w.inter].backbone, "intermediate")
         ),
         run=lambda w: as_json(grid.coordinates(INTERMEDIATE[w.inter], "intermediate")),
     shell:

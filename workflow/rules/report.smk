@@ -133,7 +133,7 @@ rule segmentations:
         model=f"{R}/runs/{grid.run_dir(largest_run())}/model.pt",
         pets=rules.pack_pets.output.pack,
         rows=rules.splits.output.test,
-        code=code("segmentations", objective_module("segment")),
+        code=code("segmentations", stage_objective("finetune")),
     output:
         report(
             f"{R}/report/segmentations.png",
