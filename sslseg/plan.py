@@ -74,9 +74,10 @@ def dataset_sizes(cfg: dict, root: Path) -> dict[str, int]:
     return sizes
 
 
-def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict[str, list[int]]:
-    """Per stage, the images of each job (image-steps for training, images read otherwise), for
-    exactly the jobs the workflow runs: the runs and checkpoints of sslseg.grid."""
+def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict[str, list[tuple[int, str | None]]]:
+    """Per stage, (images, backbone) of each job (image-steps for training, images read
+    otherwise; no backbone for packing), for exactly the jobs the workflow runs: the runs and
+    checkpoints of sslseg.grid."""
     import torch
 
     from sslseg.optim import scale_for_device
@@ -85,28 +86,28 @@ def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict
     runs = grid.runs(cfg)
     pretrained, inter = grid.by_path(runs, grid.pretrain_dir), grid.by_path(runs, grid.intermediate_dir)
 
-    def steps(stage: str, run, n: int) -> int:
-        return _image_steps(n, scale_for_device(stage_settings(cfg, stage, run), device))
+    def steps(stage: str, run, n: int) -> tuple[int, str]:
+        return _image_steps(n, scale_for_device(stage_settings(cfg, stage, run), device)), run.backbone
 
-    jobs: dict[str, list[int]] = {k: [] for k in STAGES}
+    jobs: dict[str, list[tuple[int, str | None]]] = {k: [] for k in STAGES}
     packed = {}  # pretraining pack per data set: its largest size
     for run in pretrained.values():
         packed[run.data] = max(packed.get(run.data, 0), run.pretrain)
-    jobs["pack"] = [sizes["pets"], *packed.values()]
+    jobs["pack"] = [(n, None) for n in (sizes["pets"], *packed.values())]
     jobs["pretrain"] = [steps("pretrain", run, run.pretrain) for run in pretrained.values()]
     if inter:
-        jobs["pack"] += [sizes["intermediate_train"], sizes["intermediate_test"]]
+        jobs["pack"] += [(sizes["intermediate_train"], None), (sizes["intermediate_test"], None)]
         jobs["intermediate"] = [steps("intermediate", run, sizes["intermediate_train"]) for run in inter.values()]
-        jobs["intermediate_eval"] = [sizes["intermediate_test"]] * len(inter)
+        jobs["intermediate_eval"] = [(sizes["intermediate_test"], run.backbone) for run in inter.values()]
     downstream = grid.by_path(runs, grid.run_dir).values()
     jobs["finetune"] = [steps("finetune", run, run.finetune) for run in downstream]
-    jobs["evaluate"] = [cfg["data"]["pets"]["test_size"]] * len(jobs["finetune"])
+    jobs["evaluate"] = [(cfg["data"]["pets"]["test_size"], run.backbone) for run in downstream]
     return jobs
 
 
 def count_work(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict[str, dict]:
     """Per stage: jobs, total images and the largest single job."""
-    return {k: {"jobs": len(v), "images": sum(v), "largest": max(v, default=0)}
+    return {k: {"jobs": len(v), "images": sum(n for n, _ in v), "largest": max((n for n, _ in v), default=0)}
             for k, v in jobs_of(cfg, device_type, root).items()}
 
 
@@ -177,21 +178,24 @@ def plan(cfg: dict, bench: dict, root: Path = Path(".")) -> dict:
     from sslseg.train import use_compile
 
     device, m = torch.device(bench["device"]), bench["measurements"]
-    model = model_settings(cfg, cfg["grid"]["backbones"][0])  # costs are scaled to the first backbone
+    costs: dict[str, float] = {}  # per backbone: every job is scaled to its own model
     rows, runtime = {}, {}
-    for stage, images in jobs_of(cfg, bench["device"], root).items():
+    for stage, jobs in jobs_of(cfg, bench["device"], root).items():
         res_key, meas = STAGES[stage]
-        if not images:
+        if not jobs:
             continue
         task = "simmim" if meas == "a_simmim" else "finetune"
-        scale = 1.0 if stage == "pack" else _cost(bench["settings"][task]) / _cost(model)
+        threads = 1.0
         if bench["device"] == "cpu":  # CPU throughput follows the threads the rule gives its job
             res = rule_resources(cfg, res_key)
             measured = m.get(meas, {}).get("threads") or bench["settings"][task].get("threads")
-            scale *= min(res["threads"], bench.get("cpus") or res["threads"]) / measured if measured else 1.0
-        rate = m[meas]["images_per_s"] * scale if meas in m else None
-        seconds = []
-        for n in images:
+            threads = min(res["threads"], bench.get("cpus") or res["threads"]) / measured if measured else 1.0
+        seconds, step_s = [], 0.0
+        for n, backbone in jobs:
+            if backbone is not None and backbone not in costs:
+                costs[backbone] = _cost(model_settings(cfg, backbone))
+            scale = threads * (1.0 if backbone is None else _cost(bench["settings"][task]) / costs[backbone])
+            rate = m[meas]["images_per_s"] * scale if meas in m else None
             compiled = meas.startswith("a_") and use_compile(cfg["train"]["compile"], device, n)
             r, extra = rate, STARTUP_S
             if meas.startswith("a_") and bench["settings"][task].get("compile") and not compiled and f"e_{task}" in m:
@@ -199,8 +203,10 @@ def plan(cfg: dict, bench: dict, root: Path = Path(".")) -> dict:
             if compiled:
                 extra += bench["compile_s"].get(task, 0)
             seconds.append(None if r is None else n / r + extra)
+            step_s += 0 if r is None else n / r
         known = None not in seconds
-        rows[stage] = {"jobs": len(images), "images": sum(images), "images_per_s": rate,
+        images = sum(n for n, _ in jobs)  # the stage's rate: its images over its steps' time, all backbones
+        rows[stage] = {"jobs": len(jobs), "images": images, "images_per_s": images / step_s if step_s > 0 else None,
                        "hours": sum(seconds) / 3600 if known else None,
                        "longest_min": max(seconds) / 60 if known else None}
         if known:

@@ -88,3 +88,18 @@ def test_plan_uses_the_packed_size_whole_batches_and_scales_by_model(tmp_path):
     bigger = {**bench, "settings": {"simmim": at64, "finetune": at64}}
     faster = plan(cfg, bigger, tmp_path)["stages"]["pretrain"]["images_per_s"]
     assert 3.3 < faster / 10.0 < 3.5  # benchmarked at 64 px (17 tokens), planned at 32 px (5 tokens)
+
+
+def test_plan_scales_each_job_by_its_own_backbone(tmp_path):
+    """A grid of two backbones costs the same whichever is listed first, and more than the smaller alone."""
+    cfg = load_config(ROOT / "config.yaml", TINY)
+    here = {**cfg["model"], "backbone": "viny", "compile": False}
+    bench = {"device": "cpu", "compile_s": {}, "measurements": {k: {"images_per_s": 10.0} for k in MEASUREMENTS},
+             "settings": {t: here for t in ("simmim", "finetune")}}
+
+    def hours(backbones):
+        c = {**cfg, "grid": {**cfg["grid"], "backbones": backbones}}
+        return plan(c, bench, tmp_path)["stages"]["finetune"]["hours"]
+
+    assert hours(["viny", "vit_small"]) == pytest.approx(hours(["vit_small", "viny"]))
+    assert hours(["viny", "vit_small"]) > 2 * hours(["viny"])  # vit_small's steps cost more than viny's

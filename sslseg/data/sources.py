@@ -189,6 +189,6 @@ def subset_records(records: list[Record], size: int, seed: int, mode: str) -> li
                     order.append(q.pop())
         order = np.asarray(order)
     else:
-        raise UserError(f"data.pretrain.subset: unknown mode {mode!r}; use 'random' or 'stratified'")
+        raise UserError(f"grid.pretrain_data: unknown subset {mode!r}; use 'random' or 'stratified'")
     return [records[i] for i in order[:size]]
 

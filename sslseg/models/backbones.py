@@ -8,7 +8,11 @@ Every backbone gives dense features as NCHW maps, so heads never see tokens:
 - `forward_pyramid(images, n)` → the last n levels as NCHW maps (for a decoder)
 - `forward_pooled(images)` → (B, C): the class token (ViT) or a global average (ResNet)
 
-A new family is a module with a `PRESETS` dict and a `build(preset, model, drop_rate)`.
+A new family is a module in this folder with a literal `PRESETS` dict (preset name → its
+arguments), a class attribute `accepts_mask`, and a builder `(preset, model, drop_rate) →
+module`, plus its line in `BACKBONES` below; a new preset of a family is one `PRESETS` entry.
+(sslseg.grid reads the names and `accepts_mask` from the sources to check a config without
+torch; a test keeps that reading equal to `BACKBONES`.)
 """
 
 from __future__ import annotations

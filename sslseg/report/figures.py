@@ -15,7 +15,7 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from sslseg.io import atomic_path  # noqa: E402
-from sslseg.report.tables import cells, delta, pretrain_labels  # noqa: E402
+from sslseg.report.tables import cells, delta, line_labels  # noqa: E402
 
 TRIMAP_COLOURS = np.array([[230, 80, 60], [40, 40, 60], [250, 220, 90]], np.uint8)  # pet, background, border
 
@@ -51,7 +51,7 @@ def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
     runs = pd.read_csv(runs_csv).sort_values(["pretrain"], kind="stable")
     runs = runs.assign(**{
         "mIoU (%)": runs.miou * 100,
-        "pretraining": pretrain_labels(runs),
+        "pretraining": line_labels(runs),
         "intermediate": np.where(runs.intermediate == 1, "with", "without"),
     })
     order = list(dict.fromkeys(runs.pretraining))
@@ -68,7 +68,7 @@ def delta_figure(runs_csv: str, out: str, settings: dict) -> None:
     """Fig. 2: Δ mIoU (with − without intermediate), mean ± standard error over seeds."""
     sns.set_theme(style=settings["style"])
     d = delta(pd.read_csv(runs_csv)).sort_values(["pretrain"], kind="stable")
-    d = d.assign(pretraining=pretrain_labels(d))
+    d = d.assign(pretraining=line_labels(d))
     lines = [k for k in cells(d, "finetune") if d[k].nunique() > 1 or k == "pretrain"]
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     groups = list(d.groupby(lines, sort=False))

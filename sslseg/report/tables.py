@@ -90,6 +90,14 @@ def pretrain_labels(df: pd.DataFrame) -> list[str]:
             for r in df.itertuples()]
 
 
+def line_labels(df: pd.DataFrame) -> list[str]:
+    """A figure line's label per row: its pretraining (`pretrain_labels`), prefixed by the
+    backbone, adaptation and label quality when the runs hold more than one of them."""
+    extra = [k for k in ("backbone", "adaptation", "labels") if k in df and df[k].nunique() > 1]
+    return [" ".join([*(str(v) for v in vals), p]) for vals, p in
+            zip(df[extra].itertuples(index=False, name=None), pretrain_labels(df))]
+
+
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.2f} ± {0.0 if np.isnan(std) else std:.2f}"
 
