@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import itertools
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 from sslseg.io import UserError
 
 MODELS = Path(__file__).resolve().parent / "models"
+
 
 @dataclasses.dataclass(frozen=True)
 class Axis:
@@ -67,7 +69,8 @@ def intermediate_dir(run: Any) -> str | None:
     Its own axis (intermediate on) is implied; any further intermediate-stage axis is appended."""
     if not run.intermediate:
         return None
-    extra = [a.token.format(getattr(run, a.name)) for a in AXES if a.stage == "intermediate" and a.name != "intermediate"]
+    extra = [t for a, t in zip([a for a in AXES if a.stage == "intermediate"], _tokens(run, "intermediate"))
+             if a.name != "intermediate"]
     return "/".join(["-".join(_tokens(run, "model")), "-".join([pretrain_name(run), *extra])])
 
 
@@ -140,9 +143,10 @@ def wildcard(paths) -> str:
     return "|".join(re.escape(p) for p in sorted(paths)) or "(?!)"
 
 
+@functools.cache
 def backbones() -> dict[str, bool]:
     """{backbone preset: whether it accepts a patch mask}, read from the `PRESETS` dicts and the
-    `accepts_mask` attributes of the family modules in sslseg/models/ (parsed, not imported)."""
+    `accepts_mask` attributes of the family modules in sslseg/models/ (parsed once, not imported)."""
     out: dict[str, bool] = {}
     for path in sorted(MODELS.glob("*.py")):
         tree = ast.parse(path.read_text())

@@ -130,6 +130,10 @@ def test_code_change_to_an_imported_module_reruns_every_stage_that_imports_it(ti
     # imports it too) and nothing upstream.
     assert set(_jobs_after_editing(tiny_run, "sslseg/report/tables.py")) == {
         "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations", "all"}
+    # The grid and config code is the workflow's, not a stage's: editing it retrains nothing.
+    assert set(_jobs_after_editing(tiny_run, "sslseg/grid.py")) <= {
+        "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations", "all"}
+    assert _jobs_after_editing(tiny_run, "sslseg/config.py") == {}
 
 
 def test_report_builds(tiny_run):

@@ -10,6 +10,7 @@ so the workflow can list objectives without torch.
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ def build_objective(name: str, settings: dict) -> Any:
     return importlib.import_module(f"{__name__}.{name}").build(settings)
 
 
+@functools.cache
 def _constant(path: Path, name: str) -> Any:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
