@@ -112,6 +112,12 @@ def runs(config: dict) -> list[Any]:
     return list(out)
 
 
+def first_run(config: dict, stage: str) -> Any | None:
+    """The run whose `stage` settings stand for the grid's in a measurement (planner,
+    benchmark): the first run that pretrains for "pretrain" (None if none does), else the first."""
+    return next((r for r in runs(config) if r.pretrain or stage != "pretrain"), None)
+
+
 def skipped(config: dict) -> list[str]:
     """One line per (backbone, objective) pair of the grid that `runs` leaves out, and why."""
     grid = config["grid"]

@@ -9,7 +9,6 @@ here for a few seconds instead. Prints per-stage hours and a `resources: runtime
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -135,10 +134,11 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
     from sslseg.train import pick_device
 
     device = pick_device(cfg["device"])
-    # the grid's first run, with its first objective (the first run may have no pretraining)
-    run = dataclasses.replace(grid.runs(cfg)[0], objective=cfg["grid"]["objectives"][0])
-    rates = {}
+    rates, models = {}, {}
     for key, stage in (("a_simmim", "pretrain"), ("a_finetune", "finetune")):
+        run = grid.first_run(cfg, stage)
+        if run is None:  # nothing pretrains: no pretraining (or intermediate) rate to measure
+            continue
         s = scale_for_device(stage_settings(cfg, stage, run), device)
         res = rule_resources(cfg, stage)
         torch.set_num_threads(min(res["threads"], os.cpu_count() or 1))  # as the job will run
@@ -147,10 +147,11 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
                  "masks": torch.randint(0, 3, (bs, size, size), device=device)}
         model = build_objective(s["objective"], s)
         rates[key] = {"images_per_s": step_rate(model, batch, s, device, seconds), "threads": torch.get_num_threads()}
+        models[key[2:]] = {**s["model"], "compile": False}  # the model measured: the planner scales from it
     rates["evaluate"] = {**rates["a_finetune"], "images_per_s": 3 * rates["a_finetune"]["images_per_s"]}
-    here = {**s["model"], "compile": False}
+    models.setdefault("simmim", models["finetune"])  # nothing pretrains: no simmim rate to scale
     return {"device": device.type, "device_name": str(device), "cpus": os.cpu_count(), "measurements": rates,
-            "compile_s": {}, "settings": {"simmim": here, "finetune": here},
+            "compile_s": {}, "settings": models,
             "source": f"a {seconds:g}-s measurement per step here (eager; run python -m sslseg.bench for better figures)"}
 
 

@@ -103,3 +103,17 @@ def test_plan_scales_each_job_by_its_own_backbone(tmp_path):
 
     assert hours(["viny", "vit_small"]) == pytest.approx(hours(["vit_small", "viny"]))
     assert hours(["viny", "vit_small"]) > 2 * hours(["viny"])  # vit_small's steps cost more than viny's
+
+
+def test_plan_measures_a_grid_whose_first_backbone_cannot_pretrain(tmp_path):
+    """A ResNet baseline listed first: the pretraining step is timed on the first run that pretrains."""
+    from sslseg.config import merge, validate
+    from sslseg.plan import measure
+
+    cfg = validate(merge(load_config(ROOT / "config.yaml", TINY),
+                         {"grid": {"backbones": ["resnet18", "viny"], "finetune_sizes": [4], "seeds": [0]}}))
+    bench = measure(cfg, seconds=0.2)
+    assert bench["settings"]["simmim"]["backbone"] == "viny" and bench["settings"]["finetune"]["backbone"] == "resnet18"
+    p = plan(cfg, bench, tmp_path)
+    # viny: scratch and pretrained, each with and without intermediate; resnet18: scratch only (no SimMIM)
+    assert p["stages"]["pretrain"]["hours"] > 0 and p["stages"]["finetune"]["jobs"] == 4 + 2

@@ -6,7 +6,6 @@ first run, so a bench on a config measures what that config's jobs would run.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import time
@@ -22,6 +21,7 @@ from sslseg.config import eval_settings, rule_resources, runtime_settings, stage
 from sslseg.data.loader import Batches
 from sslseg.data.pack import pack, read_pack
 from sslseg.data.sources import Record
+from sslseg.io import UserError
 from sslseg.data.augment import make_transform
 from sslseg.models.predict import predict_classes
 from sslseg.objectives import build_objective
@@ -35,12 +35,11 @@ QUICK = {"image_size": 32, "batch_size": 8}  # --quick: a model small enough to 
 
 def task_settings(cfg: dict, task: str, device: torch.device, quick: bool = False) -> dict:
     """The stage settings the workflow would run `task` with on `device`, for the grid's first
-    run; for pretraining that run with the first objective and the largest size, since the
-    first run may be one without pretraining (objective "none")."""
-    run = grid.runs(cfg)[0]
-    if TASKS[task] == "pretrain":
-        run = dataclasses.replace(run, objective=cfg["grid"]["objectives"][0],
-                                  pretrain=max(cfg["grid"]["pretrain_sizes"]))
+    run of that stage (for pretraining, the first that pretrains)."""
+    run = grid.first_run(cfg, TASKS[task])
+    if run is None:
+        raise UserError("grid: no run pretrains (grid.pretrain_sizes holds only 0, or no backbone can run "
+                        "grid.objectives), so there is no pretraining step to benchmark")
     s = scale_for_device(stage_settings(cfg, TASKS[task], run), device)
     if quick:
         s = {**s, "model": {**s["model"], "image_size": QUICK["image_size"]}, "batch_size": QUICK["batch_size"]}
