@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from sslseg.grid import NAMES
+from sslseg.grid import NAMES, run_dir, runs as grid_runs
 from sslseg.io import UserError, atomic_path, read_json
 
 
@@ -31,17 +31,24 @@ def _row(path: str) -> dict:
     return {**row, **flat, "source": str(path)}
 
 
-def aggregate(metrics: list[str], out: str) -> pd.DataFrame:
-    """Collect per-run JSON metrics into one CSV, one row per run, its coordinates as columns."""
+def collect(metrics: list[str], out: str) -> pd.DataFrame:
+    """Per-run JSON metrics into one CSV, one row per run, its coordinates as columns."""
     df = pd.DataFrame([_row(p) for p in metrics])
     df = df.sort_values([k for k in NAMES if k in df]).reset_index(drop=True)
     write_csv(df, out)
     return df
 
 
+def aggregate(root: str, grid: dict, out: str) -> pd.DataFrame:
+    """Every run of `grid` (the config's `grid:` section), read from `root`/<run_dir>/metrics.json.
+    The runs are listed from the grid, not on the command line, which has no room for the
+    paths of thousands of runs (and runs of older grids left under `root` are not picked up)."""
+    return collect([f"{root}/{run_dir(r)}/metrics.json" for r in grid_runs({"grid": grid})], out)
+
+
 def intermediate_accuracies(metrics: list[str], out: str) -> pd.DataFrame:
-    """The intermediate classifiers' accuracy files, one row each (as `aggregate`)."""
-    return aggregate(metrics, out)
+    """The intermediate classifiers' accuracy files, one row each."""
+    return collect(metrics, out)
 
 
 def write_csv(df: pd.DataFrame, out: str | Path) -> None:

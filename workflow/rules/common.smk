@@ -150,6 +150,12 @@ def run_dirs():
     return [f"{R}/runs/{d}" for d in BY_RUN]
 
 
+def runs_root(wildcards, input):
+    """The folder holding every run's metrics, read off the inputs as Snakemake sees them (so
+    also with remote storage): the first input is the first run's."""
+    return os.path.dirname(input.metrics[0])[: -len(next(iter(BY_RUN)))].rstrip(os.sep)
+
+
 def largest_run():
     """The fine-tune shown in the segmentation examples: most pretraining, most labels, first seed."""
     return max(

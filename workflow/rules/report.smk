@@ -23,8 +23,11 @@ rule aggregate:
         f"{R}/logs/aggregate.log",
     conda:
         "../../envs/sslseg.yaml"
+    params:
+        root=runs_root,
+        grid=as_json(config["grid"]),
     shell:
-        "python -m sslseg aggregate --out {output} --metrics {input.metrics} > {log} 2>&1"
+        "python -m sslseg aggregate --root {params.root} --grid {params.grid:q} --out {output} > {log} 2>&1"
 
 
 rule intermediate_accuracies:
