@@ -191,11 +191,12 @@ def plan(cfg: dict, bench: dict, root: Path = Path(".")) -> dict:
             res = rule_resources(cfg, res_key)
             measured = m.get(meas, {}).get("threads") or bench["settings"][task].get("threads")
             threads = min(res["threads"], bench.get("cpus") or res["threads"]) / measured if measured else 1.0
+        reference = _cost(bench["settings"][task])  # the benchmarked model's cost, once per stage
         seconds, step_s = [], 0.0
         for n, backbone in jobs:
             if backbone is not None and backbone not in costs:
                 costs[backbone] = _cost(model_settings(cfg, backbone))
-            scale = threads * (1.0 if backbone is None else _cost(bench["settings"][task]) / costs[backbone])
+            scale = threads * (1.0 if backbone is None else reference / costs[backbone])
             rate = m[meas]["images_per_s"] * scale if meas in m else None
             compiled = meas.startswith("a_") and use_compile(cfg["train"]["compile"], device, n)
             r, extra = rate, STARTUP_S

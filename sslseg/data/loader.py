@@ -4,7 +4,7 @@ The rows a stage trains on are read once into memory (a few hundred MB even
 for tens of thousands of 128-px images). When they exceed `memory_gb`, the pack
 is streamed instead, one contiguous HDF5 slice per block (so a stream holds one
 block, up to MIN_BLOCK_ROWS rows, in memory). Either way an epoch
-visits the rows in the order `epoch_order` gives, a function of (rows,
+visits the rows in the order `Batches.order` gives, a function of (rows,
 batch_size, seed) only, so `memory_gb` never changes a result.
 """
 
@@ -36,8 +36,7 @@ def block_order(n: int, block: int, seed: int | None) -> list[tuple[int, torch.T
     randperm(n, seed), the order of a non-contiguous set. Rows mix within a block and blocks
     in order, never rows across blocks: fine for pretraining packs, whose rows are written
     in a seeded random subset order, so each block is already a random sample of the pack.
-    A pack written in class order (sorted folders) would give class-clustered batches once
-    it spans several blocks: write such a pack shuffled."""
+    (A pack written in class order, like Intel's, stays below MIN_BLOCK_ROWS: one block.)"""
     starts = list(range(0, n, block))
     if seed is None:
         return [(s, torch.arange(min(block, n - s))) for s in starts]

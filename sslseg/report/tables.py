@@ -70,8 +70,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def delta(runs: pd.DataFrame) -> pd.DataFrame:
-    """Δ mIoU (%) with − without the intermediate step, paired by (pretrain, finetune, seed);
-    mean and standard error (std / √k) over the k seeds."""
+    """Δ mIoU (%) with − without the intermediate step, paired by every other axis (seed
+    included); mean and standard error (std ddof 1 / √k) over the k seeds."""
     keys = cells(runs, "intermediate")
     wide = runs.pivot_table(index=keys + ["seed"], columns="intermediate", values="miou")
     if not {0, 1} <= set(wide.columns):

@@ -63,8 +63,9 @@ def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: s
 def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: dict | None = None,
              threads: int = 1) -> None:
     """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack."""
-    if size > pack_length(pack):
-        raise UserError(f"grid.pretrain_sizes: {size} is larger than the {pack_length(pack)} packed images in {pack}")
+    packed = pack_length(pack)
+    if size > packed:
+        raise UserError(f"grid.pretrain_sizes: {size} is larger than the {packed} packed images in {pack}")
     _fit_stage(pack, np.arange(size), None, out, log, settings, runtime, None, threads)
 
 
