@@ -18,7 +18,7 @@ import sys
 import typing
 from typing import Callable
 
-from sslseg.io import UserError
+from sslseg.io import Output, UserError, check_writable
 
 COMMANDS: dict[str, str] = {
     "demo_data": "sslseg.data.demo:demo_data",
@@ -67,7 +67,7 @@ def command_parser(command: str, func: Callable) -> argparse.ArgumentParser:
     """A parser whose flags are `func`'s parameters: required unless they have a default."""
     doc = inspect.getdoc(func) or ""
     p = argparse.ArgumentParser(prog=f"python -m sslseg {command}", description=doc.split("\n\n")[0])
-    hints = typing.get_type_hints(func)
+    hints = typing.get_type_hints(func, include_extras=True)
     for name, param in inspect.signature(func).parameters.items():
         hint = hints.get(name, str)
         args = typing.get_args(hint)
@@ -87,6 +87,12 @@ def command_parser(command: str, func: Callable) -> argparse.ArgumentParser:
     return p
 
 
+def outputs(func: Callable, args: dict) -> list[str]:
+    """The values of `func`'s parameters annotated `sslseg.io.Output` (its output paths)."""
+    hints = typing.get_type_hints(func, include_extras=True)
+    return [args[n] for n, h in hints.items() if args.get(n) and (h == Output or Output in typing.get_args(h))]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv:
@@ -104,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     func = resolve(command)
     args = vars(command_parser(command, func).parse_args(argv[1:]))
     try:
+        for path in outputs(func, args):  # before any work: a read-only folder fails in a second
+            check_writable(path)
         func(**args)
     except UserError as e:
         print(f"sslseg {command}: error: {e}", file=sys.stderr)

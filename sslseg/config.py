@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,7 @@ def validate(config: dict, source: str = "config") -> dict:
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
+    _check_finite(config, source)
     schema = yaml.safe_load(SCHEMA.read_text())
     validator = _with_defaults(Draft202012Validator)(schema)
     error = best_match(validator.iter_errors(config))
@@ -51,8 +53,69 @@ def validate(config: dict, source: str = "config") -> dict:
         raise UserError(f"{source}: {key}: {message}; {hint}")
     from sslseg import grid
 
-    grid.check(config)
+    try:
+        grid.check(config)
+        _check_across_keys(config)
+    except UserError as e:
+        raise UserError(f"{source}: {e}") from None
     return config
+
+
+def _check_finite(value, source: str, key: str = "") -> None:
+    # YAML reads `.nan` and `.inf` as floats, and NaN passes every "greater than" of the schema
+    # (all comparisons with NaN are false), so it would surface as a torch error after packing.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{source}: {key}: {value} is not a finite number; give a number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _check_finite(v, source, f"{key}.{k}" if key else str(k))
+
+
+def _check_across_keys(config: dict) -> None:
+    """Constraints between keys that the schema cannot express, checked before any work; each
+    error is one line naming both keys."""
+    from sslseg import grid
+
+    g, model = config["grid"], config["model"]
+    patched = [b for b in g["backbones"] if grid.backbones().get(b)]
+    if patched and model["image_size"] % model["patch_size"]:
+        size, p = model["image_size"], model["patch_size"]
+        raise UserError(f"model.image_size: {size} is not a multiple of model.patch_size {p} (the ViT "
+                        f"backbones {', '.join(patched)} cut the image into patches); use {size // p * p or p} "
+                        f"or {(size // p + 1) * p}")
+    used = {"pretrain": [n for n in g["pretrain_sizes"] if n > 0], "intermediate": [True] if any(g["intermediate"])
+            else [], "finetune": g["finetune_sizes"]}
+    for stage, sizes in used.items():
+        if not sizes:
+            continue  # the stage never runs
+        c = config[stage]
+        if c["iterations"] == 0 and c["epochs"] < 1:
+            raise UserError(f"{stage}.epochs: 0 with {stage}.iterations 0 trains nothing (the model would "
+                            f"be scored untrained); set {stage}.epochs or {stage}.iterations to at least 1")
+        budget, unit = (c["iterations"], "iterations") if c["iterations"] else (c["epochs"], "epochs")
+        late = [m for m in c["milestones"] if m >= budget] if c["schedule"] == "multistep" else []
+        if late:
+            raise UserError(f"{stage}.milestones: {late[0]} is not below {stage}.{unit} {budget}, so the "
+                            f"learning rate never drops there; lower it, or remove it")
+        if c["warmup"] >= budget:
+            raise UserError(f"{stage}.warmup: {c['warmup']} is not below {stage}.{unit} {budget}; the whole "
+                            "run would be warm-up")
+    smallest = {"pretrain": ("grid.pretrain_sizes", min(used["pretrain"], default=0)),
+                "finetune": ("grid.finetune_sizes", min(g["finetune_sizes"]))}
+    for stage, (key, n) in smallest.items():
+        if n and config[stage]["batch_size"] > n:
+            raise UserError(f"{stage}.batch_size: {config[stage]['batch_size']} is larger than {key} "
+                            f"{n}, so that run would have no full batch; lower {stage}.batch_size")
+    demo, data = config["data"]["demo"], config["data"]
+    if data["pets"]["source"] == "demo":
+        need = data["pets"]["test_size"] + max(g["finetune_sizes"])
+        if need > demo["pets"]:
+            raise UserError(f"data.demo.pets: {demo['pets']} generated pets cannot hold "
+                            f"data.pets.test_size {data['pets']['test_size']} + the largest of grid.finetune_sizes "
+                            f"{max(g['finetune_sizes'])}; raise data.demo.pets to {need}")
+    if data["pretrain"]["source"] == "demo" and max(g["pretrain_sizes"]) > demo["pretrain"]:
+        raise UserError(f"grid.pretrain_sizes: {max(g['pretrain_sizes'])} is larger than data.demo.pretrain "
+                        f"{demo['pretrain']} generated images; raise data.demo.pretrain or lower the size")
 
 
 def merge(base: dict, update: dict) -> dict:

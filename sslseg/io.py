@@ -7,6 +7,7 @@ so an interrupted job never leaves a half file that Snakemake would trust.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -15,7 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any, Iterator
 
 import sslseg
 
@@ -24,21 +25,65 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, no traceback."""
 
 
+Output = Annotated[str, "output"]
+"""A command's output path: `python -m sslseg` checks that it can be written before any work."""
+
+
+def _file_mode() -> int:
+    # mkstemp creates 0600 files and the rename keeps that; a new artifact should get what the
+    # user's umask gives any new file (0644 under 022), so collaborators can read the results.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise UserError (one line naming `path`) unless `path` can be created or replaced."""
+    path = Path(path)
+    if path.is_dir() and path.suffix:
+        raise UserError(f"{path}: is a folder, expected a file name; choose another output path")
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UserError(f"{path}: cannot write here, {folder} is a file, not a folder; choose another output path")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write here, {folder} is not writable; choose another output path")
+
+
+def _write_error(path: Path, e: OSError) -> UserError:
+    return UserError(f"{path}: cannot write ({e.strerror or e}); check the folder's permissions and free space")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` on success."""
+    """Yield a temporary path next to `path`; rename it onto `path` on success.
+
+    The artifact gets the permissions of any new file (umask), and a failure to create,
+    write or rename it is a UserError naming `path`, not the random temp name."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A writer killed by SIGKILL leaves its temp file; Snakemake never runs two jobs for
-    # one output, so any earlier temp of this target is stale (and may be gigabytes).
-    for stale in path.parent.glob(f".{path.name}.*.tmp"):
-        with contextlib.suppress(FileNotFoundError):
-            stale.unlink()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # A writer killed by SIGKILL leaves its temp file; Snakemake never runs two jobs for
+        # one output, so any earlier temp of this target is stale (and may be gigabytes).
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise _write_error(path, e) from None
+    try:
+        try:
+            yield Path(tmp)
+            os.chmod(tmp, _file_mode())
+            os.replace(tmp, path)
+        except OSError as e:
+            # Only errors of the write itself are renamed; a bad input read inside the block
+            # keeps its own message.
+            if e.filename in (tmp, str(path)) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise _write_error(path, e) from None
+            raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -50,15 +50,17 @@ def copy_workflow(dst: Path) -> Path:
     return dst
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 900,
+              umask: int | None = None) -> subprocess.CompletedProcess:
     """`python -m snakemake ARGS` in workdir with this interpreter, its venv NOT on PATH: the rules
     must find the package through the interpreter running Snakemake, as for a user who did not
-    activate the venv."""
+    activate the venv. `umask`: the file-creation mask the run starts with."""
     bindir = str(Path(sys.executable).parent)
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if p != bindir)
     proc = subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=None if umask is None else lambda: os.umask(umask))
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
@@ -83,5 +85,5 @@ TINY = ["--configfile", "workflow/configs/tiny.yaml"]
 def tiny_run(tmp_path_factory) -> Path:
     """One real local run of the whole DAG on the tiny config, in a copy of the workflow."""
     wf = copy_workflow(tmp_path_factory.mktemp("wf"))
-    snakemake(wf, "--cores", "2", *TINY)
+    snakemake(wf, "--cores", "2", *TINY, umask=0o022)  # test_workflow checks the artifacts' modes
     return wf

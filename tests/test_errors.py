@@ -84,7 +84,10 @@ def test_finetune_size_larger_than_the_pool(tmp_path):
     one_line_error(proc, "grid.finetune_sizes: 31", "pool of 30")
 
 
-@pytest.mark.parametrize("override,needle", [
+# Every config mistake that can be found before work starts, and the line it must print
+# (after "<configfile>: "). Each is caught by sslseg.config.validate, which the Snakefile runs
+# before planning and every command runs before its first step.
+BAD_CONFIGS = [
     ("grid: {seeds: [zero]}", "grid.seeds.0: 'zero' is not of type 'integer'"),
     ("finetune: {lerning_rate: 0.1}", "finetune: unknown key ('lerning_rate' was unexpected)"),
     ("grid: {objectives: [simmmim]}", "grid.objectives: 'simmmim' is unknown; available: simmim"),
@@ -94,13 +97,61 @@ def test_finetune_size_larger_than_the_pool(tmp_path):
     ("grid: {backbones: [vit_huge]}", "grid.backbones: unknown backbone 'vit_huge'; available: resnet18"),
     ("grid: {adaptations: [probe]}", "grid.adaptations.0: 'probe' is not one of ['finetune']"),
     ("finetune: {optimizer: lamb}", "finetune.optimizer: 'lamb' is not one of ['adamw', 'adam', 'sgd']"),
+    # not finite: NaN passes every "greater than 0" of the schema
+    ("pretrain: {lr: .nan}", "pretrain.lr: nan is not a finite number; give a number"),
+    ("finetune: {lr: .inf}", "finetune.lr: inf is not a finite number"),
+    ("finetune: {augment: {scale: [-.inf, 1.0]}}", "finetune.augment.scale.0: -inf is not a finite number"),
+    ("objectives: {simmim: {mask_ratio: .nan}}", "objectives.simmim.mask_ratio: nan is not a finite number"),
+    # duplicates would double-count a run in runs.csv and the tables
+    ("grid: {seeds: [0, 0]}", "grid.seeds: [0, 0] has non-unique elements"),
+    ("grid: {finetune_sizes: [250, 250]}", "grid.finetune_sizes: [250, 250] has non-unique elements"),
+    ("grid: {pretrain_sizes: [0, 45000, 45000]}", "grid.pretrain_sizes: [0, 45000, 45000] has non-unique"),
+    ("grid: {backbones: [viny, viny]}", "grid.backbones: ['viny', 'viny'] has non-unique elements"),
+    # across keys: one line naming both
+    ("model: {image_size: 100}", "model.image_size: 100 is not a multiple of model.patch_size 16 (the ViT "
+     "backbones viny cut the image into patches); use 96 or 112"),
+    ("finetune: {epochs: 0}", "finetune.epochs: 0 with finetune.iterations 0 trains nothing"),
+    ("pretrain: {epochs: 40}", "pretrain.milestones: 50 is not below pretrain.epochs 40"),
+    ("intermediate: {iterations: 100, warmup: 100, milestones: []}",
+     "intermediate.warmup: 100 is not below intermediate.iterations 100"),
+    ("finetune: {batch_size: 300}", "finetune.batch_size: 300 is larger than grid.finetune_sizes 250"),
+    ("data: {pets: {source: demo}}", "data.demo.pets: 300 generated pets cannot hold data.pets.test_size 1000"),
+    ("data: {pretrain: {source: demo}}", "grid.pretrain_sizes: 200000 is larger than data.demo.pretrain 300"),
+]
+
+
+@pytest.mark.parametrize("override,line", BAD_CONFIGS)
+def test_every_config_mistake_is_one_line_naming_the_key(tmp_path, override, line):
+    from sslseg.config import load_config
+    from sslseg.io import UserError
+
+    (tmp_path / "bad.yaml").write_text(override + "\n")
+    with pytest.raises(UserError) as e:
+        load_config(ROOT / "config.yaml", tmp_path / "bad.yaml")
+    assert str(e.value).startswith(f"{tmp_path / 'bad.yaml'}: {line}"), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("override", [
+    "pretrain: {epochs: 0}\ngrid: {pretrain_sizes: [0]}",  # a stage that never runs is not checked
+    "intermediate: {epochs: 0}\ngrid: {intermediate: [false]}",
+    "model: {image_size: 100}\ngrid: {backbones: [resnet18]}",  # no patches, any size
+    "pretrain: {epochs: 40, schedule: cosine}",  # milestones are ignored by a cosine schedule
 ])
-def test_config_errors_name_the_key(tmp_path, override, needle):
+def test_what_the_checks_let_through(tmp_path, override):
+    from sslseg.config import load_config
+
+    (tmp_path / "ok.yaml").write_text(override + "\n")
+    load_config(ROOT / "config.yaml", tmp_path / "ok.yaml")
+
+
+@pytest.mark.parametrize("override,line", [BAD_CONFIGS[0], BAD_CONFIGS[9], BAD_CONFIGS[17]])
+def test_the_workflow_stops_before_any_job_with_that_line(tmp_path, override, line):
     wf = copy_workflow(tmp_path / "wf")
     (wf / "bad.yaml").write_text(override + "\n")
     proc = snakemake(wf, "-n", "--cores", "1", "--configfile", "bad.yaml", check=False)
-    assert proc.returncode != 0
-    assert needle in proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "Job stats" not in proc.stdout
+    assert f"sslseg: error: config (config.yaml + --configfile/--config): {line}" in proc.stderr, proc.stderr[-2000:]
 
 
 def test_cli_lists_its_commands_and_rejects_an_unknown_one():

@@ -49,6 +49,17 @@ def test_tiny_run_writes_every_artifact(tiny_run):
     assert not list(out.rglob("*.tmp"))
 
 
+def test_artifacts_are_readable_by_others_as_the_umask_says(tiny_run):
+    """Run under umask 022, every artifact is rw-r--r-- like any new file, not the private 0600 of
+    a temp file renamed into place: collaborators on a shared project can read the results."""
+    out = tiny_run / "results" / "tiny"
+    modes = {p.relative_to(out).as_posix(): p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    kinds = {p.rsplit(".", 1)[-1] for p in modes}
+    assert kinds >= {"h5", "pt", "json", "csv", "md", "txt", "png", "pdf", "log", "tsv"}, kinds
+    private = {p: oct(m) for p, m in modes.items() if m != 0o644}
+    assert not private
+
+
 def test_every_result_names_its_grid_coordinates(tiny_run):
     """metrics.json says which run it is; runs.csv's axis columns are read from there, not from paths."""
     from sslseg.grid import NAMES
@@ -149,14 +160,22 @@ def test_evaluate_folder_reads_the_model_from_the_checkpoint(tiny_run):
     import sys
 
     run = "results/tiny/runs/viny/simmim-random-16-i0/finetune-full-n8-s0"
-    args = [sys.executable, "-m", "sslseg", "evaluate_folder", "--root", "results/tiny/demo",
-            "--config", "config.yaml", "--configfile", TINY[1]]
+    # the default config (128 px): the tiny checkpoint's own settings (32 px) must win
+    args = [sys.executable, "-m", "sslseg", "evaluate_folder", "--root", "results/tiny/demo", "--config", "config.yaml"]
     proc = subprocess.run([*args, "--ckpt", f"{run}/model.pt", "--out", "scores.json"], cwd=tiny_run,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{run}/model.pt: fine-tune checkpoint, viny at 32 px" in proc.stderr
     scores = json.loads((tiny_run / "scores.json").read_text())
-    assert scores["images"] == 24 and 0 <= scores["miou"] <= 1
+    assert scores["images"] == 24 and 0 <= scores["miou"] <= 1 and scores["model"]["image_size"] == 32
+    # an output it cannot write is found before any work (no checkpoint read, no image decoded)
+    unwritable = subprocess.run([*args, "--ckpt", f"{run}/model.pt", "--out", "scores.json/again.json"],
+                                cwd=tiny_run, capture_output=True, text=True, timeout=300)
+    assert unwritable.returncode == 2 and unwritable.stderr.strip().splitlines() == [
+        "sslseg evaluate_folder: error: scores.json/again.json: cannot write here, scores.json is a file, not a "
+        "folder; choose another output path"]
     bad = subprocess.run([*args, "--ckpt", "results/tiny/pretrain/viny/simmim-random-16/model.pt"], cwd=tiny_run,
                          capture_output=True, text=True, timeout=300)
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "written by the 'pretrain' stage" in lines[0]
+    assert "it has no trained head); scoring a segment model needs a finetune checkpoint" in lines[0]

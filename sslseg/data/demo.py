@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from sslseg.data.sources import INTEL_CLASSES
-from sslseg.io import atomic_path
+from sslseg.io import Output, atomic_path
 
 BREEDS = ("Abyssinian", "Bengal", "american_bulldog", "beagle")
 
@@ -91,6 +91,6 @@ def make_demo(root: str | Path, pets: int = 300, pretrain: int = 300, intel_per_
     return root
 
 
-def demo_data(out: str, pets: int, pretrain: int, intel_per_class: int, seed: int) -> None:
+def demo_data(out: Output, pets: int, pretrain: int, intel_per_class: int, seed: int) -> None:
     """Write the generated demo dataset under `out` in the official layouts (sizes: data.demo)."""
     make_demo(out, pets, pretrain, intel_per_class, seed)

@@ -6,6 +6,9 @@ label). The pack stage decodes them once; nothing else touches JPEGs.
 
 from __future__ import annotations
 
+import stat
+import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -13,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from sslseg.io import UserError
+from sslseg.io import Output, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 INTEL_CLASSES = ("buildings", "forest", "glacier", "mountain", "sea", "street")
@@ -112,16 +115,67 @@ def image_folder(root: str | Path, classes: Sequence[str] | None = None, hint: s
     hint = f"; {hint}" if hint else "; set the config's data root to a folder of images"
     if not root.is_dir():
         raise UserError(f"{root}: image folder not found{hint}")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    paths, skipped = _list_images(root)
     if not paths:
-        raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below this folder{hint}")
+        note = f" (skipped {_describe(skipped)})" if skipped else ""
+        raise UserError(f"{root}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found below this folder{note}{hint}")
     folder = {p: p.parent.relative_to(root).as_posix() for p in paths}
     classes = list(classes) if classes else sorted(set(folder.values()))
     index = {c: i for i, c in enumerate(classes)}
     unknown = sorted(set(folder.values()) - set(index))
     if unknown:
         raise UserError(f"{root}: folder {unknown[0]!r} is not one of the expected classes {classes}")
+    if skipped:  # after the checks above, so an error stays the only line on stderr
+        print(f"sslseg: skipped {_describe(skipped, f' below {root}')}", file=sys.stderr)
     return [Record(p.relative_to(root).as_posix(), p, None, index[folder[p]]) for p in paths]
+
+
+# Why a file that looks like an image is left out: (singular, plural) for the warning.
+SKIP_REASONS = {
+    "appledouble": ("macOS '._' metadata file", "macOS '._' metadata files"),
+    "hidden": ("image in a hidden or __MACOSX folder", "images in hidden or __MACOSX folders"),
+    "empty": ("empty file", "empty files"),
+}
+
+
+def _junk_folder(parts: Sequence[str]) -> bool:
+    """A path inside `__MACOSX/` (zip metadata from macOS) or a hidden folder."""
+    return any(d == "__MACOSX" or d.startswith(".") for d in parts)
+
+
+def _list_images(root: Path) -> tuple[list[Path], Counter[str]]:
+    """The image files below `root`, sorted, and a count of those skipped by reason.
+
+    Archives unpacked from macOS carry `._<name>.JPEG` AppleDouble files and `__MACOSX/`
+    trees, and interrupted copies leave zero-byte files: all look like images by name
+    but fail to decode, which would stop a pack hours in, so they are left out here."""
+    paths: list[Path] = []
+    skipped: Counter[str] = Counter()
+    for p in root.rglob("*"):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            st = p.stat()
+        except OSError:  # a dangling link: nothing to read, as before skipped silently
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        if p.name.startswith("._"):
+            skipped["appledouble"] += 1
+        elif _junk_folder(p.relative_to(root).parts[:-1]):
+            skipped["hidden"] += 1  # else the folder would become a class (.ipynb_checkpoints too)
+        elif st.st_size == 0:
+            skipped["empty"] += 1
+        else:
+            paths.append(p)
+    return sorted(paths), skipped
+
+
+def _describe(skipped: Counter[str], where: str = "") -> str:
+    """'3 files<where>: 2 macOS '._' metadata files, 1 empty file', reasons in a fixed order (not listing order)."""
+    total = sum(skipped.values())
+    parts = [f"{skipped[k]} {names[skipped[k] != 1]}" for k, names in SKIP_REASONS.items() if skipped[k]]
+    return f"{total} file{'s' if total != 1 else ''}{where}: " + ", ".join(parts)
 
 
 def imagenette(root: str | Path, download: bool = False) -> Path:
@@ -136,31 +190,49 @@ def imagenette(root: str | Path, download: bool = False) -> Path:
     return Path(ds._image_root)
 
 
-def extract_intel(archive: str, out: str) -> Path:
+def extract_intel(archive: str, out: Output) -> Path:
     """Unpack Kaggle's Intel archive (which nests seg_train/seg_train/<class>/) into
     `out/seg_train/<class>/` and `out/seg_test/<class>/`. Kaggle publishes no
     checksum, so none is verified; class folders are checked instead."""
+    import errno
     import shutil
     import zipfile
+    import zlib
 
     archive, dest = Path(archive), Path(out)
     if not archive.is_file():
         raise UserError(f"{archive}: archive not found; {HINTS['intermediate']}")
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with zipfile.ZipFile(archive) as z:
-            z.extractall(tmp)
-    except zipfile.BadZipFile as e:
-        raise UserError(f"{archive}: not a valid zip archive ({e}); download it again") from None
-    for split in ("seg_train", "seg_test"):
-        found = [p for p in tmp.rglob(split) if p.is_dir() and any(c.name in INTEL_CLASSES for c in p.iterdir())]
-        if not found:
-            raise UserError(f"{archive}: no {split}/<class>/ folders inside; is this the Intel Image Classification archive?")
-        (dest / split).parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(dest / split, ignore_errors=True)
-        found[0].rename(dest / split)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:  # whatever fails (bad archive, full disk, Ctrl-C), no .partial tree is left beside `out`
+        try:
+            with zipfile.ZipFile(archive) as z:
+                z.extractall(tmp)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):  # the disk, not the archive
+                raise UserError(f"{archive}: cannot extract into {tmp.parent} ({e.strerror}); free space or "
+                                "fix permissions there") from None
+            raise UserError(f"{archive}: damaged or incomplete zip archive ({e}); download it again") from None
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+            # BadZipFile: not a zip or a bad CRC; zlib.error/EOFError: truncated or corrupt member data;
+            # NotImplementedError: a compression method zipfile lacks (not Kaggle's archive)
+            raise UserError(f"{archive}: not a valid zip archive, or damaged ({type(e).__name__}: {e}); "
+                            "download it again") from None
+        found: dict[str, list[Path]] = {}
+        for split in ("seg_train", "seg_test"):  # check both before moving either: no half output
+            # a macOS-made zip also holds __MACOSX/seg_train/<class>/ full of '._' files: not that one
+            found[split] = sorted(p for p in tmp.rglob(split) if p.is_dir()
+                                  and not _junk_folder(p.relative_to(tmp).parts)
+                                  and any(c.name in INTEL_CLASSES for c in p.iterdir()))
+            if not found[split]:
+                raise UserError(f"{archive}: no {split}/<class>/ folders inside; is this the Intel Image "
+                                "Classification archive? download it again")
+        for split, dirs in found.items():
+            (dest / split).parent.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(dest / split, ignore_errors=True)
+            dirs[0].rename(dest / split)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -63,9 +63,10 @@ def load_backbone(model: nn.Module, path: str | Path) -> list[str]:
     return dropped
 
 
-def load_model(model: nn.Module, path: str | Path) -> dict:
-    """Load a whole model (backbone and head) strictly; returns the checkpoint's meta."""
-    ckpt = read_checkpoint(path)
+def load_model(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> dict:
+    """Load a whole model (backbone and head) strictly from `path` (or its already read
+    contents `ckpt`); returns the checkpoint's meta."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path)
     try:
         _unwrap(model).load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as e:

@@ -8,17 +8,37 @@ import torch
 
 from sslseg.data.augment import augment
 from sslseg.io import UserError
-from sslseg.models.checkpoint import load_model
+from sslseg.models.checkpoint import load_model, read_checkpoint
 from sslseg.objectives import build_objective
 from sslseg.train import autocast, pick_device
 
 
-def load_for_eval(ckpt: str, settings: dict) -> torch.nn.Module:
-    """settings["objective"] (segment or classify) of settings["model"] with settings["classes"],
-    loaded strictly from `ckpt`; no dropout or MixUp (they act in training only anyway)."""
+# The stage whose checkpoints each evaluated objective scores, and what its path looks like.
+TRAINED_BY = {"segment": ("finetune", "runs/.../model.pt"), "classify": ("intermediate", "intermediate/.../model.pt")}
+
+
+def trained_settings(ckpt: str, meta: dict, settings: dict) -> dict:
+    """`settings` with the model slice the checkpoint `ckpt` (with `meta`) was trained with: a
+    consumer builds the model the checkpoint holds, whatever preset or image size the config
+    names now. A checkpoint of another stage is refused with one line saying what it is."""
+    stage, where = TRAINED_BY[settings["objective"]]
+    made_by = meta.get("stage", "unknown")
+    if made_by != stage:
+        what = " (a self-supervised encoder: it has no trained head)" if made_by == "pretrain" else ""
+        raise UserError(f"{ckpt}: written by the {made_by!r} stage{what}; scoring a {settings['objective']} "
+                        f"model needs a {stage} checkpoint ({where})")
+    return {**settings, "model": meta.get("settings", {}).get("model", settings["model"])}
+
+
+def load_for_eval(ckpt: str, settings: dict) -> tuple[torch.nn.Module, dict]:
+    """settings["objective"] (segment or classify) with settings["classes"], built with the model
+    settings recorded in `ckpt` and loaded strictly from it; no dropout or MixUp (they act in
+    training only anyway). Returns the model and the settings it was built with."""
+    state = read_checkpoint(ckpt)
+    settings = trained_settings(ckpt, state.get("meta", {}), settings)
     model = build_objective(settings["objective"], {**settings, "dropout": 0.0, "mixup_alpha": 0.0})
-    load_model(model, ckpt)
-    return model
+    load_model(model, ckpt, state)
+    return model, settings
 
 
 @torch.no_grad()

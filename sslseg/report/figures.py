@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from sslseg.io import atomic_path  # noqa: E402
+from sslseg.io import Output, UserError, atomic_path  # noqa: E402
 from sslseg.report.tables import cells, delta, line_labels  # noqa: E402
 
 TRIMAP_COLOURS = np.array([[230, 80, 60], [40, 40, 60], [250, 220, 90]], np.uint8)  # pet, background, border
@@ -38,7 +38,7 @@ def _size_axis(ax: plt.Axes, finetune: pd.Series) -> None:
     ax.set_xlabel("fine-tune images (log scale)")
 
 
-def figures(runs: str, out: str, settings: dict, delta_out: str | None = None) -> None:
+def figures(runs: str, out: Output, settings: dict, delta_out: Output | None = None) -> None:
     """Fig. 1 to `out` and, with `delta_out`, Fig. 2. settings: style, dpi."""
     miou_figure(runs, out, settings)
     if delta_out:
@@ -102,16 +102,22 @@ def _to_image(x: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def reconstructions(ckpt: str, pack: str, out: str, settings: dict, report: dict) -> None:
+def reconstructions(ckpt: str, pack: str, out: Output, settings: dict, report: dict) -> None:
     """Original / masked / reconstructed (visible patches pasted back) for the first images of a pack.
     settings: the pretraining stage's (objective, model, its settings); report: examples, dpi."""
     from sslseg.data.augment import augment
     from sslseg.data.pack import read_pack
-    from sslseg.models.checkpoint import load_model
+    from sslseg.models.checkpoint import load_model, read_checkpoint
     from sslseg.objectives import build_objective
 
+    state = read_checkpoint(ckpt)
+    meta = state.get("meta", {})
+    if meta.get("stage") != "pretrain":
+        raise UserError(f"{ckpt}: written by the {meta.get('stage', 'unknown')!r} stage; reconstructions need a "
+                        "pretraining checkpoint (pretrain/.../model.pt)")
+    settings = {**settings, **meta.get("settings", {})}  # the objective and model it was trained with
     model = build_objective(settings["objective"], settings)
-    load_model(model, ckpt)
+    load_model(model, ckpt, state)
     model.eval()
     images = torch.as_tensor(read_pack(pack, slice(0, report["examples"]), ("images",))["images"])
     size, p = settings["model"]["image_size"], settings["model"]["patch_size"]
@@ -126,7 +132,7 @@ def reconstructions(ckpt: str, pack: str, out: str, settings: dict, report: dict
     _image_grid(rows, ["original", "masked", "reconstructed"], out, report["dpi"])
 
 
-def segmentations(ckpt: str, pets: str, rows: str, out: str, settings: dict, report: dict) -> None:
+def segmentations(ckpt: str, pets: str, rows: str, out: Output, settings: dict, report: dict) -> None:
     """Input / truth / prediction for the first test images. settings: evaluation's; report: examples, dpi."""
     from sslseg.data.pack import read_pack
     from sslseg.data.splits import read_rows
@@ -134,8 +140,9 @@ def segmentations(ckpt: str, pets: str, rows: str, out: str, settings: dict, rep
 
     test_rows = np.sort(read_rows(rows))[: report["examples"]]
     arrays = read_pack(pets, test_rows)
+    model, settings = load_for_eval(ckpt, settings)
     size = settings["model"]["image_size"]
-    pred = predict_classes(load_for_eval(ckpt, settings), arrays["images"], settings)
+    pred = predict_classes(model, arrays["images"], settings)
     truth = torch.nn.functional.interpolate(torch.as_tensor(arrays["masks"])[:, None].float(), size=(size, size),
                                             mode="nearest")[:, 0].long()
     images = torch.nn.functional.interpolate(torch.as_tensor(arrays["images"]).permute(0, 3, 1, 2).float(),

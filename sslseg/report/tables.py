@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from sslseg.grid import NAMES, run_dir, runs as grid_runs
-from sslseg.io import UserError, atomic_path, read_json
+from sslseg.io import Output, UserError, atomic_path, read_json
 
 
 def _row(path: str) -> dict:
@@ -39,14 +39,14 @@ def collect(metrics: list[str], out: str) -> pd.DataFrame:
     return df
 
 
-def aggregate(root: str, grid: dict, out: str) -> pd.DataFrame:
+def aggregate(root: str, grid: dict, out: Output) -> pd.DataFrame:
     """Every run of `grid` (the config's `grid:` section), read from `root`/<run_dir>/metrics.json.
     The runs are listed from the grid, not on the command line, which has no room for the
     paths of thousands of runs (and runs of older grids left under `root` are not picked up)."""
     return collect([f"{root}/{run_dir(r)}/metrics.json" for r in grid_runs({"grid": grid})], out)
 
 
-def intermediate_accuracies(metrics: list[str], out: str) -> pd.DataFrame:
+def intermediate_accuracies(metrics: list[str], out: Output) -> pd.DataFrame:
     """The intermediate classifiers' accuracy files, one row each."""
     return collect(metrics, out)
 
@@ -123,7 +123,7 @@ TABLES = {
 }
 
 
-def tables(runs: str, outdir: str) -> None:
+def tables(runs: str, outdir: Output) -> None:
     """Write summary.csv beside `outdir`, and in `outdir` the seeds' Tables 1, A2, A3 and the Δ table."""
     runs_csv, runs = runs, pd.read_csv(runs)
     summary = summarise(runs)

@@ -9,10 +9,10 @@ import numpy as np
 from sslseg.data import sources
 from sslseg.data.pack import pack, pack_length
 from sslseg.data.splits import draw_test_split, finetune_subset, read_rows, write_rows
-from sslseg.io import write_sidecar
+from sslseg.io import Output, write_sidecar
 
 
-def pack_pets(root: str, out: str, settings: dict, threads: int = 1) -> None:
+def pack_pets(root: str, out: Output, settings: dict, threads: int = 1) -> None:
     """Oxford-IIIT Pet (official layout) → HDF5 with images and trimap classes 0/1/2.
 
     settings: image_size, download."""
@@ -22,7 +22,7 @@ def pack_pets(root: str, out: str, settings: dict, threads: int = 1) -> None:
     write_sidecar(out, "pack_pets", settings, t0, images=len(records))
 
 
-def pack_pretrain(root: str, out: str, settings: dict, threads: int = 1) -> None:
+def pack_pretrain(root: str, out: Output, settings: dict, threads: int = 1) -> None:
     """The pretraining images → HDF5: a seeded nested subset of `size` images, rows in subset
     order, so the first n rows are the subset of size n.
 
@@ -38,7 +38,7 @@ def pack_pretrain(root: str, out: str, settings: dict, threads: int = 1) -> None
     write_sidecar(out, "pack_pretrain", settings, t0, images=len(records))
 
 
-def pack_intermediate(root: str, out: str, settings: dict, threads: int = 1) -> None:
+def pack_intermediate(root: str, out: Output, settings: dict, threads: int = 1) -> None:
     """One split of the intermediate dataset (Intel: seg_train/<class>/ or seg_test/<class>/) → HDF5,
     labels in the fixed class order. settings: pack_size."""
     t0 = time.time()
@@ -48,7 +48,7 @@ def pack_intermediate(root: str, out: str, settings: dict, threads: int = 1) -> 
     write_sidecar(out, "pack_intermediate", settings, t0, images=len(records))
 
 
-def splits(pets: str, test: str, pool: str, settings: dict) -> None:
+def splits(pets: str, test: Output, pool: Output, settings: dict) -> None:
     """The test set (seeded, default 42) and the fine-tune pool, as row-index files.
     settings: test_size, test_seed."""
     pool_rows, test_rows = draw_test_split(pack_length(pets), settings["test_size"], settings["test_seed"])
@@ -56,6 +56,6 @@ def splits(pets: str, test: str, pool: str, settings: dict) -> None:
     write_rows(pool, pool_rows)
 
 
-def subset(pool: str, out: str, size: int, seed: int) -> None:
+def subset(pool: str, out: Output, size: int, seed: int) -> None:
     """The nested fine-tune subset of `size` rows of the pool for `seed`."""
     write_rows(out, np.sort(finetune_subset(read_rows(pool), size, seed)))

@@ -11,21 +11,22 @@ import torch.nn.functional as F
 
 from sslseg.data.pack import read_pack
 from sslseg.data.splits import read_rows
-from sslseg.io import write_json, write_sidecar
+from sslseg.io import Output, write_json, write_sidecar
 from sslseg.metrics import confusion, scores
 from sslseg.models.predict import load_for_eval, predict_classes
 
 
 def score_segmenter(ckpt: str, arrays: dict, settings: dict) -> dict:
     """Scores of the segmenter `ckpt` on uint8 images and trimap classes (one confusion matrix)."""
-    pred = predict_classes(load_for_eval(ckpt, settings), arrays["images"], settings)
+    model, settings = load_for_eval(ckpt, settings)
+    pred = predict_classes(model, arrays["images"], settings)
     masks = torch.as_tensor(arrays["masks"]).long()
     if masks.shape[-1] != pred.shape[-1]:  # labels stay at pack resolution; score at model resolution
         masks = F.interpolate(masks[:, None].float(), size=pred.shape[-2:], mode="nearest")[:, 0].long()
     return scores(confusion(pred, masks, settings["classes"]))
 
 
-def evaluate(ckpt: str, pets: str, rows: str, out: str, settings: dict, run: dict, threads: int = 1) -> dict:
+def evaluate(ckpt: str, pets: str, rows: str, out: Output, settings: dict, run: dict, threads: int = 1) -> dict:
     """Pixel accuracy, per-class IoU, mIoU and foreground IoU of `ckpt` on the test rows,
     written with the run's grid coordinates (`run`, from sslseg.grid)."""
     t0 = time.time()
@@ -38,12 +39,13 @@ def evaluate(ckpt: str, pets: str, rows: str, out: str, settings: dict, run: dic
     return result
 
 
-def intermediate_eval(ckpt: str, pack: str, out: str, settings: dict, run: dict, threads: int = 1) -> dict:
+def intermediate_eval(ckpt: str, pack: str, out: Output, settings: dict, run: dict, threads: int = 1) -> dict:
     """Top-1 accuracy of an intermediate classifier on its test pack."""
     t0 = time.time()
     torch.set_num_threads(threads)
     arrays = read_pack(pack, None, ("images", "labels"))
-    pred = predict_classes(load_for_eval(ckpt, settings), arrays["images"], settings)
+    model, settings = load_for_eval(ckpt, settings)
+    pred = predict_classes(model, arrays["images"], settings)
     correct = int((pred == torch.as_tensor(arrays["labels"]).long()).sum())
     result = {"accuracy": correct / len(arrays["images"]), "images": len(arrays["images"]), "checkpoint": str(ckpt),
               "run": run}

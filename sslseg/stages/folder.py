@@ -3,31 +3,33 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import torch
 
 from sslseg.config import eval_settings, load_config
 from sslseg.data import sources
 from sslseg.data.pack import load_arrays
-from sslseg.io import UserError, write_json
+from sslseg.io import Output, write_json
 from sslseg.models.checkpoint import read_checkpoint
+from sslseg.models.predict import trained_settings
 from sslseg.stages.evaluate import score_segmenter
 
 
-def evaluate_folder(ckpt: str, root: str, out: str | None = None, config: str = "config.yaml",
+def evaluate_folder(ckpt: str, root: str, out: Output | None = None, config: str = "config.yaml",
                     configfile: str | None = None, threads: int = 1) -> dict:
     """Score a fine-tune on every image of an Oxford-layout folder (decoded in memory, no pack).
     The model settings come from the checkpoint; device and batch size from the config."""
     torch.set_num_threads(threads)
-    meta = read_checkpoint(ckpt).get("meta", {})
-    if meta.get("stage") != "finetune":
-        raise UserError(f"{ckpt}: written by the {meta.get('stage', 'unknown')!r} stage; evaluate_folder scores "
-                        "segmentation fine-tunes (runs/.../model.pt)")
-    model = meta["settings"]["model"]
-    settings = {**eval_settings(load_config(config, configfile), model["backbone"]), "model": model}
+    cfg = load_config(config, configfile)
+    base = eval_settings(cfg, cfg["grid"]["backbones"][0])  # device, batch size, AMP; the model: next line
+    settings = trained_settings(ckpt, read_checkpoint(ckpt).get("meta", {}), base)
+    model = settings["model"]
+    print(f"{ckpt}: fine-tune checkpoint, {model['backbone']} at {model['image_size']} px", file=sys.stderr)
     records = sources.oxford_pets(root)
     arrays = load_arrays(records, model["image_size"], "squash", threads)
-    result = {**score_segmenter(ckpt, arrays, settings), "images": len(records), "checkpoint": str(ckpt)}
+    result = {**score_segmenter(ckpt, arrays, settings), "images": len(records), "checkpoint": str(ckpt),
+              "model": model}
     print(json.dumps(result, indent=2))
     if out:
         write_json(out, result)

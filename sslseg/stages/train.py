@@ -13,7 +13,7 @@ from sslseg.data.augment import make_transform
 from sslseg.data.loader import Batches
 from sslseg.data.pack import pack_length
 from sslseg.data.splits import read_rows
-from sslseg.io import UserError, write_sidecar
+from sslseg.io import Output, UserError, write_sidecar
 from sslseg.models.checkpoint import load_backbone, save_checkpoint
 from sslseg.objectives import build_objective
 from sslseg.optim import scale_for_device
@@ -60,7 +60,7 @@ def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: s
                   **stats)
 
 
-def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: dict | None = None,
+def pretrain(pack: str, size: int, out: Output, log: Output, settings: dict, runtime: dict | None = None,
              threads: int = 1) -> None:
     """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack."""
     packed = pack_length(pack)
@@ -69,13 +69,13 @@ def pretrain(pack: str, size: int, out: str, log: str, settings: dict, runtime: 
     _fit_stage(pack, np.arange(size), None, out, log, settings, runtime, None, threads)
 
 
-def intermediate(pack: str, out: str, log: str, settings: dict, runtime: dict | None = None,
+def intermediate(pack: str, out: Output, log: Output, settings: dict, runtime: dict | None = None,
                  init: str | None = None, threads: int = 1) -> None:
     """Supervised classification on the intermediate dataset, starting from `init`'s backbone."""
     _fit_stage(pack, None, "labels", out, log, settings, runtime, init, threads)
 
 
-def finetune(pets: str, rows: str, out: str, log: str, settings: dict, runtime: dict | None = None,
+def finetune(pets: str, rows: str, out: Output, log: Output, settings: dict, runtime: dict | None = None,
              init: str | None = None, threads: int = 1) -> None:
     """Segmentation fine-tune on the pets rows listed in `rows`, from `init` (or scratch)."""
     _fit_stage(pets, read_rows(rows), "masks", out, log, settings, runtime, init, threads)

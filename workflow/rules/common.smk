@@ -1,7 +1,7 @@
 # The one place for Python in the workflow: config validation, the grid's paths, input functions.
 # It imports only the standard library, sslseg's modules that need nothing else (grid, cli,
-# sourcefiles) and sslseg.config (yaml and jsonschema, which Snakemake itself depends on), so
-# Snakemake's own environment needs neither numpy nor torch to read it (a test checks).
+# sourcefiles, failures) and sslseg.config (yaml and jsonschema, which Snakemake itself depends
+# on), so Snakemake's own environment needs neither numpy nor torch to read it (a test checks).
 import importlib.util
 import json
 import os
@@ -12,7 +12,7 @@ sys.path.insert(0, workflow.basedir)  # the sslseg package beside the Snakefile
 
 from snakemake.settings.types import DeploymentMethod
 
-from sslseg import grid
+from sslseg import failures, grid
 from sslseg.cli import COMMANDS
 from sslseg.config import (
     STAGE_OBJECTIVES,
@@ -187,3 +187,16 @@ def all_outputs():
     if INTERMEDIATE:
         out.append(f"{R}/report/intermediate.csv")
     return out
+
+
+# A stage that fails on bad input prints one line, `sslseg <rule>: error: <why>`, into its log
+# file; on screen Snakemake's error block only names that file. `show-failed-logs` would print
+# the logs, but only where a profile sets it: Snakemake auto-loads profiles/default, not our
+# workflow/profiles/default (the Makefile passes it), so a plain `snakemake --cores N` or the
+# SLURM profile goes without. Hence a summary at the end of every failed run, whatever the
+# profile: each failed job's rule, its log and the line saying why (sslseg/failures.py reads
+# the failed jobs off Snakemake's main log, the `log` handed to onerror).
+onerror:
+    _failed = failures.summary(failures.main_log_paths(log))
+    if _failed:
+        print(_failed, file=sys.stderr)
