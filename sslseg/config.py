@@ -77,14 +77,14 @@ def _check_across_keys(config: dict) -> None:
     from sslseg import grid
 
     g, model = config["grid"], config["model"]
-    patched = [b for b in g["backbones"] if grid.backbones().get(b)]
+    patched = [b for b in g["backbones"] if grid.backbones()[b]["accepts_mask"]]
     if patched and model["image_size"] % model["patch_size"]:
         size, p = model["image_size"], model["patch_size"]
+        near = sorted({size // p * p or p, (size // p + 1) * p})
         raise UserError(f"model.image_size: {size} is not a multiple of model.patch_size {p} (the ViT "
-                        f"backbones {', '.join(patched)} cut the image into patches); use {size // p * p or p} "
-                        f"or {(size // p + 1) * p}")
+                        f"backbones {', '.join(patched)} cut the image into patches); use {' or '.join(map(str, near))}")
     used = {"pretrain": [n for n in g["pretrain_sizes"] if n > 0], "intermediate": [True] if any(g["intermediate"])
-            else [], "finetune": g["finetune_sizes"]}
+            else [], **{a: g["finetune_sizes"] for a in ("finetune", "probe") if a in g["adaptations"]}}
     for stage, sizes in used.items():
         if not sizes:
             continue  # the stage never runs
@@ -101,12 +101,17 @@ def _check_across_keys(config: dict) -> None:
             raise UserError(f"{stage}.warmup: {c['warmup']} is not below {stage}.{unit} {budget}; the whole "
                             "run would be warm-up")
     smallest = {"pretrain": ("grid.pretrain_sizes", min(used["pretrain"], default=0)),
-                "finetune": ("grid.finetune_sizes", min(g["finetune_sizes"]))}
+                **{a: ("grid.finetune_sizes", min(g["finetune_sizes"])) for a in ("finetune", "probe") if a in used}}
     for stage, (key, n) in smallest.items():
         if n and config[stage]["batch_size"] > n:
             raise UserError(f"{stage}.batch_size: {config[stage]['batch_size']} is larger than {key} "
                             f"{n}, so that run would have no full batch; lower {stage}.batch_size")
     demo, data = config["data"]["demo"], config["data"]
+    intel = 6 * demo["intel_per_class"]  # the demo's intermediate training set: 6 scene classes
+    if used["intermediate"] and data["intermediate"]["source"] == "demo" and config["intermediate"]["batch_size"] > intel:
+        raise UserError(f"intermediate.batch_size: {config['intermediate']['batch_size']} is larger than the {intel} "
+                        f"images of data.demo.intel_per_class {demo['intel_per_class']} x 6 classes; lower the batch "
+                        "or raise intel_per_class")
     if data["pets"]["source"] == "demo":
         need = data["pets"]["test_size"] + max(g["finetune_sizes"])
         if need > demo["pets"]:
@@ -145,8 +150,10 @@ def load_config(path: str | Path = "config.yaml", extra: str | Path | None = Non
     return validate(config, str(extra or path))
 
 
-# The objective each stage trains, and the classes it predicts (fixed by its dataset).
-STAGE_OBJECTIVES = {"intermediate": ("classify", 6), "finetune": ("segment", 3)}
+# The objective each stage trains, and the classes it predicts (fixed by its dataset). The
+# segmentation stage runs the recipe of its run's adaptation: `finetune:` or `probe:`.
+STAGE_OBJECTIVES = {"intermediate": ("classify", 6), "finetune": ("segment", 3), "probe": ("segment", 3)}
+FROZEN = {"probe": ["backbone."]}  # what an adaptation never trains
 
 
 def model_settings(config: dict, backbone: str) -> dict:
@@ -158,6 +165,8 @@ def stage_settings(config: dict, stage: str, run) -> dict:
     """What one training stage of `run` (a sslseg.grid.Run) depends on: its own section, the
     objective and its settings, the model, the loop settings that change results, the device.
     Rules pass exactly this as `params`, so only a change here reruns the stage."""
+    if stage == "finetune":
+        stage = run.adaptation  # the segmentation recipe: finetune or probe
     if stage == "pretrain":
         objective, extra = run.objective, config["objectives"][run.objective]
     else:
@@ -165,7 +174,9 @@ def stage_settings(config: dict, stage: str, run) -> dict:
         extra = {"classes": classes}
     s = {"stage": stage, "objective": objective, "model": model_settings(config, run.backbone),
          "device": config["device"], **config["train"], **config[stage], **extra}
-    if stage == "finetune":
+    if stage in FROZEN:
+        s["freeze"] = FROZEN[stage]
+    if objective == "segment":
         s["seed"] = run.seed
     return s
 

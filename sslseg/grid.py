@@ -130,7 +130,7 @@ def skipped(config: dict) -> list[str]:
 def _incompatible(backbone: str, objective: str) -> bool:
     from sslseg.objectives import needs_mask  # stdlib only: reads the objective's file
 
-    return needs_mask(objective) and not backbones().get(backbone, True)
+    return needs_mask(objective) and not backbones().get(backbone, FLAGS)["accepts_mask"]
 
 
 def by_path(items: list[Any], path_of) -> dict[str, Any]:
@@ -149,22 +149,26 @@ def wildcard(paths) -> str:
     return "|".join(re.escape(p) for p in sorted(paths)) or "(?!)"
 
 
+FLAGS = {"accepts_mask": False, "dense_features": True}  # class attributes of a family, and their defaults
+
+
 @functools.cache
-def backbones() -> dict[str, bool]:
-    """{backbone preset: whether it accepts a patch mask}, read from the `PRESETS` dicts and the
-    `accepts_mask` attributes of the family modules in sslseg/models/ (parsed once, not imported)."""
-    out: dict[str, bool] = {}
+def backbones() -> dict[str, dict[str, bool]]:
+    """{backbone preset: {"accepts_mask": takes a patch mask, "dense_features": gives per-location
+    maps}}, read from the `PRESETS` dicts and those class attributes of the family modules in
+    sslseg/models/ (parsed once, not imported)."""
+    out: dict[str, dict[str, bool]] = {}
     for path in sorted(MODELS.glob("*.py")):
         tree = ast.parse(path.read_text())
-        names, accepts = [], False
+        names, flags = [], dict(FLAGS)
         for node in ast.walk(tree):
             target = node.targets[0] if isinstance(node, ast.Assign) else getattr(node, "target", None)
             name = getattr(target, "id", None)
             if name == "PRESETS" and isinstance(node.value, ast.Dict):
                 names = [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
-            elif name == "accepts_mask" and isinstance(node.value, ast.Constant):
-                accepts = bool(node.value.value)
-        out.update({n: accepts for n in names})
+            elif name in FLAGS and isinstance(node.value, ast.Constant):
+                flags[name] = bool(node.value.value)
+        out.update({n: flags for n in names})
     return out
 
 
@@ -193,3 +197,6 @@ def check(config: dict) -> None:
     for name in config["grid"]["backbones"]:
         if name not in presets:
             raise UserError(f"grid.backbones: unknown backbone {name!r}; available: {', '.join(presets)}")
+        if "probe" in config["grid"]["adaptations"] and not presets[name]["dense_features"]:
+            raise UserError(f"grid.adaptations: a probe needs per-location features, which backbone {name!r} does not "
+                            "give (dense_features = False); drop probe or that backbone")

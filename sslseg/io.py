@@ -32,6 +32,7 @@ Output = Annotated[str, "output"]
 def _file_mode() -> int:
     # mkstemp creates 0600 files and the rename keeps that; a new artifact should get what the
     # user's umask gives any new file (0644 under 022), so collaborators can read the results.
+    # Reading the umask means setting it for an instant; sslseg writes files from one thread.
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
@@ -40,8 +41,6 @@ def _file_mode() -> int:
 def check_writable(path: str | os.PathLike) -> None:
     """Raise UserError (one line naming `path`) unless `path` can be created or replaced."""
     path = Path(path)
-    if path.is_dir() and path.suffix:
-        raise UserError(f"{path}: is a folder, expected a file name; choose another output path")
     folder = path if path.is_dir() else path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -81,7 +80,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         except OSError as e:
             # Only errors of the write itself are renamed; a bad input read inside the block
             # keeps its own message.
-            if e.filename in (tmp, str(path)) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            full = "No space left on device" in str(e) or "Disk quota exceeded" in str(e)  # h5py: no errno
+            if e.filename in (tmp, str(path)) or e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or full:
                 raise _write_error(path, e) from None
             raise
     except BaseException:

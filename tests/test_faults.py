@@ -40,7 +40,8 @@ def _write_config(wf: Path, size: int = IMAGES, **data) -> None:
     cfg["name"] = NAME
     cfg["data"]["demo"]["pretrain"] = IMAGES
     cfg["data"].update(data)
-    cfg["grid"] = {"pretrain_sizes": [size], "intermediate": [False], "finetune_sizes": [4], "seeds": [0]}
+    cfg["grid"] = {"pretrain_sizes": [size], "intermediate": [False], "finetune_sizes": [4], "seeds": [0],
+                   "adaptations": ["finetune"], "labels": ["full"]}
     cfg["pretrain"].update(epochs=EPOCHS, milestones=[EPOCHS // 2])
     cfg["runtime"]["checkpoint_every"] = EVERY
     (wf / "fault.yaml").write_text(yaml.safe_dump(cfg))

@@ -53,8 +53,9 @@ def test_a_resnet_baseline_beside_pretrained_vits_skips_what_cannot_run():
 
 
 def test_backbones_are_read_from_the_model_families_without_importing_them():
-    assert grid.backbones() == {"viny": True, "vit_tiny": True, "vit_small": True, "vit_base": True,
-                                "resnet18": False, "resnet50": False}
+    assert {n: f["accepts_mask"] for n, f in grid.backbones().items()} == {
+        "viny": True, "vit_tiny": True, "vit_small": True, "vit_base": True, "resnet18": False, "resnet50": False}
+    assert all(f["dense_features"] for f in grid.backbones().values())
     from sslseg.models import BACKBONES
 
     assert set(grid.backbones()) == set(BACKBONES)  # the parsed registry is the real one

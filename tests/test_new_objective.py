@@ -50,7 +50,7 @@ def test_a_new_objective_file_runs_through_the_workflow_by_config_alone(tmp_path
     cfg = yaml.safe_load((wf / "workflow/configs/tiny.yaml").read_text())
     cfg["name"] = "toy"
     cfg["grid"] = {"objectives": ["toy"], "pretrain_sizes": [0, 16], "intermediate": [False],
-                   "finetune_sizes": [4], "seeds": [0]}
+                   "finetune_sizes": [4], "seeds": [0], "adaptations": ["finetune"], "labels": ["full"]}
     cfg["objectives"] = {"toy": {"noise": 0.5}}
     (wf / "toy.yaml").write_text(yaml.safe_dump(cfg))
     snakemake(wf, "--cores", "2", "--configfile", "toy.yaml")

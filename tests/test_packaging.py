@@ -98,3 +98,13 @@ def test_readme_setup_is_the_two_make_targets_and_ci_runs_the_test_one():
     setup = readme.split("## Set-up")[1].split("```bash\n")[1].split("```")[0]
     assert [line.split("#")[0].strip() for line in setup.strip().splitlines()] == ["make demo", "make test"]
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_says_what_to_do_after_a_hard_kill():
+    """Every kill -9 leaves incomplete outputs that Snakemake refuses to trust until rerun with
+    --rerun-incomplete, and a killed Snakemake leaves its lock: the robustness section says both."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Robustness"):].split("\n## ")[0]
+    assert "After a hard kill" in section and "--rerun-incomplete" in section and "--unlock" in section
+    profile = (ROOT / "workflow" / "profiles" / "default" / "config.yaml").read_text()
+    assert "rerun-incomplete: true" in profile  # what `make demo` runs with

@@ -165,7 +165,7 @@ def test_evaluate_folder_reads_the_model_from_the_checkpoint(tiny_run):
     proc = subprocess.run([*args, "--ckpt", f"{run}/model.pt", "--out", "scores.json"], cwd=tiny_run,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert f"{run}/model.pt: fine-tune checkpoint, viny at 32 px" in proc.stderr
+    assert f"{run}/model.pt: finetune checkpoint, viny at 32 px" in proc.stderr
     scores = json.loads((tiny_run / "scores.json").read_text())
     assert scores["images"] == 24 and 0 <= scores["miou"] <= 1 and scores["model"]["image_size"] == 32
     # an output it cannot write is found before any work (no checkpoint read, no image decoded)
@@ -178,4 +178,4 @@ def test_evaluate_folder_reads_the_model_from_the_checkpoint(tiny_run):
                          capture_output=True, text=True, timeout=300)
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "written by the 'pretrain' stage" in lines[0]
-    assert "it has no trained head); scoring a segment model needs a finetune checkpoint" in lines[0]
+    assert "it has no trained head); this needs a finetune or probe checkpoint (runs/.../model.pt)" in lines[0]

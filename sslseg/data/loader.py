@@ -53,7 +53,10 @@ class Batches:
     """Iterates uint8 batches on `device`; `epoch(seed)` fixes the order."""
 
     def __init__(self, pack: str | Path, rows: np.ndarray | None, batch_size: int, device: torch.device,
-                 keys: Sequence[str] = ("images", "masks"), memory_gb: float = 8.0, drop_last: bool = True):
+                 keys: Sequence[str] = ("images", "masks"), memory_gb: float = 8.0, drop_last: bool = True,
+                 masks: str | Path | None = None):
+        """`masks`: a pack whose "masks" (same rows as `pack`) replace `pack`'s, e.g. generated
+        imperfect labels; such a set is always held in memory (a fine-tune subset)."""
         self.pack, self.batch_size, self.device, self.drop_last = Path(pack), batch_size, device, drop_last
         with h5py.File(self.pack, "r") as f:
             self.keys = [k for k in keys if k in f]
@@ -62,11 +65,13 @@ class Batches:
         self.rows = np.arange(n_all) if rows is None else np.sort(np.asarray(rows))
         self.n = len(self.rows)
         self.contiguous = self.n == 0 or (self.rows[-1] - self.rows[0] + 1 == self.n)
-        self.streamed = self.contiguous and self.n * row_bytes > memory_gb * 2**30
+        self.streamed = self.contiguous and self.n * row_bytes > memory_gb * 2**30 and masks is None
         self.arrays: dict[str, torch.Tensor] = {}
         if not self.streamed and self.n:
             sel = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if self.contiguous else self.rows
             self.arrays = {k: torch.from_numpy(v) for k, v in read_pack(self.pack, sel, self.keys).items()}
+            if masks is not None and "masks" in self.arrays:
+                self.arrays["masks"] = torch.from_numpy(read_pack(masks, sel, ("masks",))["masks"])
             if device.type == "cuda":
                 # The uint8 rows fit the budget: keep them on the GPU and gather batches there,
                 # so no per-step host gather or host-to-device copy is left in the loop.

@@ -209,6 +209,8 @@ def extract_intel(archive: str, out: Output) -> Path:
             with zipfile.ZipFile(archive) as z:
                 z.extractall(tmp)
         except OSError as e:
+            if e.filename == str(archive):  # the archive itself cannot be opened
+                raise UserError(f"{archive}: cannot read the archive ({e.strerror})") from None
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):  # the disk, not the archive
                 raise UserError(f"{archive}: cannot extract into {tmp.parent} ({e.strerror}); free space or "
                                 "fix permissions there") from None

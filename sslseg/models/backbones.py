@@ -11,8 +11,10 @@ Every backbone gives dense features as NCHW maps, so heads never see tokens:
 A new family is a module in this folder with a literal `PRESETS` dict (preset name → its
 arguments), a class attribute `accepts_mask`, and a builder `(preset, model, drop_rate) →
 module`, plus its line in `BACKBONES` below; a new preset of a family is one `PRESETS` entry.
-(sslseg.grid reads the names and `accepts_mask` from the sources to check a config without
-torch; a test keeps that reading equal to `BACKBONES`.)
+A family whose maps are not per-location features (e.g. a pooled embedding broadcast to a
+map) sets `dense_features = False`, and the grid refuses a frozen probe on it. (sslseg.grid
+reads the names and these flags from the sources to check a config without torch; a test
+keeps that reading equal to `BACKBONES`.)
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Heads on backbone features: a per-location pixel head (SimMIM, segmentation) and a classifier."""
+"""Heads on backbone features: a per-location pixel head (SimMIM, segmentation), a linear head
+upsampled to pixels (frozen probes) and a classifier."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from sslseg.models.vit import unpatchify
 
@@ -27,6 +29,24 @@ class PixelHead(nn.Module):
         # draws its mask in token order and the Linear runs on the same memory as before.
         x = self.proj(self.drop(maps.permute(0, 2, 3, 1)))
         return unpatchify(x.flatten(1, 2), self.reduction, self.channels, (h, w))
+
+
+class LinearHead(nn.Module):
+    """Each location of a (B, C, h, w) map → K class logits, bilinearly upsampled by the backbone's
+    reduction to (B, K, h*r, w*r): seed 002's linear layer on patch tokens (DINOv2's linear probe)."""
+
+    def __init__(self, dim: int, reduction: int, channels: int, dropout: float = 0.0):
+        super().__init__()
+        self.reduction = reduction
+        self.drop = nn.Dropout(dropout)
+        self.proj = nn.Conv2d(dim, channels, 1)  # a linear layer per location
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        logits = self.proj(self.drop(maps))
+        return F.interpolate(logits, scale_factor=self.reduction, mode="bilinear", align_corners=False)
+
+
+SEGMENTATION_HEADS = {"pixel": PixelHead, "linear": LinearHead}
 
 
 class ClassifierHead(nn.Module):

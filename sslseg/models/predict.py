@@ -13,21 +13,29 @@ from sslseg.objectives import build_objective
 from sslseg.train import autocast, pick_device
 
 
-# The stage whose checkpoints each evaluated objective scores, and what its path looks like.
-TRAINED_BY = {"segment": ("finetune", "runs/.../model.pt"), "classify": ("intermediate", "intermediate/.../model.pt")}
+# The stages whose checkpoints each objective is evaluated from, and what their paths look like.
+TRAINED_BY = {"segment": (("finetune", "probe"), "runs/.../model.pt"),
+              "classify": (("intermediate",), "intermediate/.../model.pt")}
 
 
-def trained_settings(ckpt: str, meta: dict, settings: dict) -> dict:
-    """`settings` with the model slice the checkpoint `ckpt` (with `meta`) was trained with: a
+def trained_settings(ckpt: str, meta: dict, settings: dict, stages: tuple[str, ...] | None = None,
+                     where: str = "") -> dict:
+    """`settings` with the settings the checkpoint `ckpt` (with `meta`) was trained with (its
+    model slice; for a pretraining checkpoint, all of them) and `trained_by` its stage: a
     consumer builds the model the checkpoint holds, whatever preset or image size the config
-    names now. A checkpoint of another stage is refused with one line saying what it is."""
-    stage, where = TRAINED_BY[settings["objective"]]
+    names now. A checkpoint of a stage not in `stages` (default: the one that trains
+    settings["objective"]) is refused with one line saying what it is."""
+    if stages is None:
+        stages, where = TRAINED_BY[settings["objective"]]
     made_by = meta.get("stage", "unknown")
-    if made_by != stage:
+    if made_by not in stages:
         what = " (a self-supervised encoder: it has no trained head)" if made_by == "pretrain" else ""
-        raise UserError(f"{ckpt}: written by the {made_by!r} stage{what}; scoring a {settings['objective']} "
-                        f"model needs a {stage} checkpoint ({where})")
-    return {**settings, "model": meta.get("settings", {}).get("model", settings["model"])}
+        raise UserError(f"{ckpt}: written by the {made_by!r} stage{what}; this needs a {' or '.join(stages)} "
+                        f"checkpoint ({where})")
+    if "model" not in meta.get("settings", {}):
+        raise UserError(f"{ckpt}: its meta records no model settings; was it written by sslseg? rerun its stage")
+    trained = meta["settings"] if made_by == "pretrain" else {"model": meta["settings"]["model"]}
+    return {**settings, **trained, "trained_by": made_by}
 
 
 def load_for_eval(ckpt: str, settings: dict) -> tuple[torch.nn.Module, dict]:

@@ -1,5 +1,9 @@
-"""Segmentation: backbone + per-location pixel head, pixel-wise cross-entropy. Pixels labelled
-`IGNORE` carry no loss (masked CE, for sparse labels such as scribbles or points)."""
+"""Segmentation: backbone + a head on its maps, masked pixel-wise cross-entropy.
+
+Pixels labelled `IGNORE` carry no loss (seed 002 eq. 1: scribbles, points). The sum over
+labelled pixels is divided by all H·W pixels of the batch as the paper writes it
+(`loss_norm: pixels`), or by the labelled pixels (`labelled`); for full labels the two agree.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +11,42 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sslseg.models import PixelHead, build_backbone
+from sslseg.models import build_backbone
+from sslseg.models.heads import SEGMENTATION_HEADS
 
 PRETRAINING = False
 IGNORE = 255
 
 
 def build(settings: dict) -> Segment:
-    """settings: "model", "classes", "dropout" (backbone and head)."""
-    return Segment(settings["model"], settings["classes"], settings["dropout"])
+    """settings: "model", "classes", "dropout" (backbone and head), "head" (pixel or linear),
+    "loss_norm" (pixels or labelled)."""
+    return Segment(settings["model"], settings["classes"], settings["dropout"], settings.get("head", "pixel"),
+                   settings.get("loss_norm", "pixels"))
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor, norm: str = "pixels") -> torch.Tensor:
+    """Cross-entropy summed over the pixels of `target` that are not IGNORE, divided by all its
+    pixels (norm "pixels") or by the labelled ones ("labelled", at least 1): a batch with no
+    labelled pixel gives 0, not NaN. No host sync: the count stays on the device."""
+    total = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum")
+    if norm == "pixels":
+        return total / target.numel()
+    return total / (target != IGNORE).sum().clamp(min=1)
 
 
 class Segment(nn.Module):
-    def __init__(self, model: dict, classes: int, dropout: float):
+    def __init__(self, model: dict, classes: int, dropout: float, head: str = "pixel", loss_norm: str = "pixels"):
         super().__init__()
         self.backbone = build_backbone(model, dropout)
-        self.head = PixelHead(self.backbone.num_features, self.backbone.reduction, classes, dropout)
+        self.head = SEGMENTATION_HEADS[head](self.backbone.num_features, self.backbone.reduction, classes, dropout)
+        self.loss_norm = loss_norm
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised → logits (B, classes, H, W)."""
         return self.head(self.backbone.forward_maps(images))
 
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """batch: "images" (B, 3, H, W) normalised, "masks" (B, H, W) long."""
+        """batch: "images" (B, 3, H, W) normalised, "masks" (B, H, W) long, IGNORE where unlabelled."""
         logits = self.predict(batch["images"])
-        return F.cross_entropy(logits.float(), batch["masks"], ignore_index=IGNORE), {"logits": logits}
+        return masked_cross_entropy(logits, batch["masks"], self.loss_norm), {"logits": logits}

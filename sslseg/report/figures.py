@@ -1,8 +1,10 @@
-"""Figures (seaborn): mIoU vs fine-tune size, Δ mIoU from the intermediate step,
-SimMIM reconstructions and segmentation examples. Each saved as PNG and PDF."""
+"""Figures (seaborn): mIoU vs fine-tune size, Δ mIoU from the intermediate step, Δ probe −
+fine-tune and mIoU vs label quality, SimMIM reconstructions and segmentation examples.
+Each saved as PNG and PDF."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -15,7 +17,7 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from sslseg.io import Output, UserError, atomic_path  # noqa: E402
-from sslseg.report.tables import cells, delta, line_labels  # noqa: E402
+from sslseg.report.tables import cells, delta, line_labels, probe_delta  # noqa: E402
 
 TRIMAP_COLOURS = np.array([[230, 80, 60], [40, 40, 60], [250, 220, 90]], np.uint8)  # pet, background, border
 
@@ -45,45 +47,169 @@ def figures(runs: str, out: Output, settings: dict, delta_out: Output | None = N
         delta_figure(runs, delta_out, settings)
 
 
+def _panels(n: int, size: tuple[float, float] = (6.5, 4.2)) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A near-square grid of `n` panels sharing the y axis."""
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False, sharey=True,
+                             layout="constrained")
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _ordered(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows by pretraining size, then the other axes: lines and panels in a fixed order."""
+    return df.sort_values(["pretrain", *cells(df, "pretrain")], kind="stable")
+
+
+def _facet(df: pd.DataFrame) -> list[str]:
+    """["labels"] when the runs hold several label qualities: one panel each, so a line never
+    averages over label qualities (and the hue stays readable)."""
+    return ["labels"] if "labels" in df and df["labels"].nunique() > 1 else []
+
+
+def _by(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) per value of `keys`, in order of appearance; one untitled group without keys."""
+    if not keys:
+        return [("", df)]
+    return [(" ".join(map(str, k)), part) for k, part in df.groupby(keys, sort=False)]
+
+
+def _names(df: pd.DataFrame, drop: list[str]) -> list[str]:
+    """`line_labels` ignoring the `drop` columns, + "+ int." on runs with the intermediate step when
+    both occur (line_labels leaves the intermediate axis to the caller)."""
+    names = line_labels(df.drop(columns=drop))
+    if "intermediate" in df and df.intermediate.nunique() > 1:
+        names = [f"{n} + int." if i else n for n, i in zip(names, df.intermediate)]
+    return names
+
+
 def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
-    """Fig. 1: test mIoU vs fine-tune size, a line per pretraining, error bars = std over seeds."""
+    """Fig. 1: test mIoU vs fine-tune size, a line per pretraining (and backbone, adaptation),
+    error bars = std over seeds; a panel per label quality when there are several."""
     sns.set_theme(style=settings["style"])
-    runs = pd.read_csv(runs_csv).sort_values(["pretrain"], kind="stable")
+    runs = _ordered(pd.read_csv(runs_csv))
+    facet = _facet(runs)
     runs = runs.assign(**{
         "mIoU (%)": runs.miou * 100,
-        "pretraining": line_labels(runs),
+        "pretraining": line_labels(runs.drop(columns=facet)),
         "intermediate": np.where(runs.intermediate == 1, "with", "without"),
     })
     order = list(dict.fromkeys(runs.pretraining))
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    sns.lineplot(data=runs, x="finetune", y="mIoU (%)", hue="pretraining", hue_order=order,
-                 style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
-                 errorbar="sd", err_style="bars", ax=ax)
-    _size_axis(ax, runs.finetune)
-    ax.set_title(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
+    panels = _by(runs, facet)
+    fig, axes = _panels(len(panels))
+    for i, (ax, (title, part)) in enumerate(zip(axes, panels)):
+        sns.lineplot(data=part, x="finetune", y="mIoU (%)", hue="pretraining", hue_order=order,
+                     style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
+                     errorbar="sd", err_style="bars", legend=i == 0, ax=ax)
+        _size_axis(ax, runs.finetune)
+        ax.set_title(f"{title} labels" if title else f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
+    if facet:
+        fig.suptitle(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
     save(fig, out, settings["dpi"])
 
 
 def delta_figure(runs_csv: str, out: str, settings: dict) -> None:
-    """Fig. 2: Δ mIoU (with − without intermediate), mean ± standard error over seeds."""
+    """Fig. 2: Δ mIoU (with − without intermediate), mean ± standard error over seeds;
+    a panel per label quality when there are several."""
     sns.set_theme(style=settings["style"])
-    d = delta(pd.read_csv(runs_csv)).sort_values(["pretrain"], kind="stable")
-    d = d.assign(pretraining=line_labels(d))
-    lines = [k for k in cells(d, "finetune") if d[k].nunique() > 1 or k == "pretrain"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    groups = list(d.groupby(lines, sort=False))
-    palette = sns.color_palette(n_colors=max(1, len(groups)))
-    for colour, (_, part) in zip(palette, groups):
-        ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
-                    color=colour, label=part.pretraining.iloc[0])
-    ax.axhline(0, color="grey", lw=1)
-    _size_axis(ax, d.finetune)
-    ax.set_ylabel("Δ mIoU (%), with − without intermediate")
-    ax.legend(title="pretraining")
+    d = _ordered(delta(pd.read_csv(runs_csv)))
+    facet = _facet(d)
+    d = d.assign(pretraining=line_labels(d.drop(columns=facet)))
+    lines = [k for k in cells(d, "finetune", *facet) if d[k].nunique() > 1 or k == "pretrain"]
+    colours = dict(zip(dict.fromkeys(d.pretraining), sns.color_palette(n_colors=max(1, d.pretraining.nunique()))))
+    panels = _by(d, facet)
+    fig, axes = _panels(len(panels))
+    for ax, (title, panel) in zip(axes, panels):
+        for _, part in panel.groupby(lines, sort=False):
+            part = part.sort_values("finetune")
+            ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
+                        color=colours[part.pretraining.iloc[0]], label=part.pretraining.iloc[0])
+        ax.axhline(0, color="grey", lw=1)
+        _size_axis(ax, d.finetune)
+        ax.set_ylabel("Δ mIoU (%), with − without intermediate")
+        ax.set_title(f"{title} labels" if title else "")
+    axes[0].legend(title="pretraining")
     save(fig, out, settings["dpi"])
 
 
-def _image_grid(rows: list[list[np.ndarray]], titles: list[str], out: str, dpi: int) -> None:
+def label_figures(runs: str, settings: dict, quality: str | None = None, out: Output | None = None,
+                  delta_out: Output | None = None) -> None:
+    """Study B's figures: with `quality` (label_quality's CSV), mIoU vs measured label quality to
+    `out`; with `delta_out`, Δ mIoU probe − fine-tune vs fine-tune size. settings: style, dpi."""
+    if out:
+        if not quality:
+            raise UserError("label_figures: --out (mIoU vs label quality) needs --quality, the label_quality CSV")
+        fig_label_quality(runs, quality, out, settings)
+    if delta_out:
+        fig_probe_delta(runs, delta_out, settings)
+
+
+def fig_probe_delta(runs_csv: str, out: str, settings: dict) -> None:
+    """Δ mIoU (probe − fine-tune, paired by seed) vs fine-tune size, a line per label quality,
+    error bars = s.e. over seeds; a panel per pretraining (and backbone, intermediate step)."""
+    sns.set_theme(style=settings["style"])
+    d = probe_delta(pd.read_csv(runs_csv))
+    if d.empty:
+        raise UserError(f"{runs_csv}: no runs with both adaptations (finetune and probe) to pair; "
+                        "the probe Δ figure needs both in grid.adaptations")
+    d = _ordered(d)
+    d = d.assign(panel=_names(d, ["labels"]))
+    kinds = list(dict.fromkeys(d["labels"]))
+    colours = dict(zip(kinds, sns.color_palette(n_colors=len(kinds))))
+    panels = _by(d, [k for k in cells(d, "labels", "finetune") if d[k].nunique() > 1 or k == "pretrain"])
+    fig, axes = _panels(len(panels), (4.5, 3.6))
+    for ax, (_, panel) in zip(axes, panels):
+        for kind, line in panel.groupby("labels", sort=False):
+            line = line.sort_values("finetune")
+            ax.errorbar(line.finetune, line.delta_mean, yerr=line.delta_se.fillna(0), marker="o", capsize=3,
+                        color=colours[kind], label=kind)
+        ax.axhline(0, color="grey", lw=1)
+        _size_axis(ax, d.finetune)
+        ax.set_ylabel("Δ mIoU (%), probe − fine-tune")
+        ax.set_title(f"pretraining: {panel.panel.iloc[0]}")
+    axes[-1].legend(title="labels", loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(f"Probe − fine-tune, mean ± s.e. over {d.seeds.max()} seeds")
+    save(fig, out, settings["dpi"])
+
+
+def fig_label_quality(runs_csv: str, quality_csv: str, out: str, settings: dict) -> None:
+    """Test mIoU vs the measured mIoU of the fine-tune labels (full = 1.0), a line per pretraining
+    × adaptation (solid fine-tune, dashed probe), error bars = s.e. over seeds; a panel per fine-tune size."""
+    sns.set_theme(style=settings["style"])
+    runs = _ordered(pd.read_csv(runs_csv))
+    quality = {"full": 1.0, **pd.read_csv(quality_csv).set_index("kind").miou.to_dict()}  # full: the true trimaps
+    if missing := sorted(set(runs["labels"]) - set(quality)):
+        raise UserError(f"{quality_csv}: no measured quality for labels {', '.join(missing)}; "
+                        "pass the label_quality CSV of the same grid")
+    runs = runs.assign(quality=runs["labels"].map(quality), miou_pct=runs.miou * 100,
+                       colour=_names(runs, ["labels", "adaptation"]))
+    colours = dict(zip(dict.fromkeys(runs.colour), sns.color_palette(n_colors=runs.colour.nunique())))
+    lines = cells(runs, "labels", "finetune")
+    panels = _by(runs.sort_values("finetune", kind="stable"), ["finetune"])
+    fig, axes = _panels(len(panels), (4.5, 3.6))
+    for ax, (size, panel) in zip(axes, panels):
+        for _, line in panel.groupby(lines, sort=False):
+            stats = line.groupby("quality").miou_pct.agg(["mean", "sem"]).reset_index()  # sem: std ddof 1 / √n
+            probe = line.adaptation.iloc[0] == "probe"
+            name = line.colour.iloc[0] + (" (probe)" if probe else "")
+            ax.errorbar(stats.quality, stats["mean"], yerr=stats["sem"].fillna(0), marker="o", capsize=3,
+                        ls="--" if probe else "-", color=colours[line.colour.iloc[0]], label=name)
+        for kind, x in quality.items():  # which label kind sits at which quality
+            if kind in set(panel["labels"]):
+                ax.axvline(x, color="grey", lw=0.5, ls=":")
+                ax.text(x, 0.02, kind, rotation=90, fontsize=7, color="grey", ha="right",
+                        transform=ax.get_xaxis_transform())
+        ax.set_xlabel("label quality (mIoU vs true trimaps)")
+        ax.set_ylabel("test mIoU (%)")
+        ax.set_title(f"{size} fine-tune images")
+    axes[-1].legend(title="pretraining", fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.suptitle(f"mIoU vs label quality, mean ± s.e. over {runs.seed.nunique()} seeds")
+    save(fig, out, settings["dpi"])
+
+
+def image_grid(rows: list[list[np.ndarray]], titles: list[str], out: str, dpi: int) -> None:
     fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.0 * len(titles), 2.0 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
@@ -108,14 +234,11 @@ def reconstructions(ckpt: str, pack: str, out: Output, settings: dict, report: d
     from sslseg.data.augment import augment
     from sslseg.data.pack import read_pack
     from sslseg.models.checkpoint import load_model, read_checkpoint
+    from sslseg.models.predict import trained_settings
     from sslseg.objectives import build_objective
 
     state = read_checkpoint(ckpt)
-    meta = state.get("meta", {})
-    if meta.get("stage") != "pretrain":
-        raise UserError(f"{ckpt}: written by the {meta.get('stage', 'unknown')!r} stage; reconstructions need a "
-                        "pretraining checkpoint (pretrain/.../model.pt)")
-    settings = {**settings, **meta.get("settings", {})}  # the objective and model it was trained with
+    settings = trained_settings(ckpt, state.get("meta", {}), settings, ("pretrain",), "pretrain/.../model.pt")
     model = build_objective(settings["objective"], settings)
     load_model(model, ckpt, state)
     model.eval()
@@ -129,7 +252,7 @@ def reconstructions(ckpt: str, pack: str, out: Output, settings: dict, report: d
     masked = x * (1 - pixel_mask)
     pasted = x * (1 - pixel_mask) + outputs["pred"] * pixel_mask
     rows = [[_to_image(x[i]), _to_image(masked[i]), _to_image(pasted[i])] for i in range(len(x))]
-    _image_grid(rows, ["original", "masked", "reconstructed"], out, report["dpi"])
+    image_grid(rows, ["original", "masked", "reconstructed"], out, report["dpi"])
 
 
 def segmentations(ckpt: str, pets: str, rows: str, out: Output, settings: dict, report: dict) -> None:
@@ -149,4 +272,4 @@ def segmentations(ckpt: str, pets: str, rows: str, out: Output, settings: dict, 
                                              size=(size, size), mode="bilinear").permute(0, 2, 3, 1)
     grid = [[images[i].clamp(0, 255).byte().numpy(), TRIMAP_COLOURS[truth[i].numpy()], TRIMAP_COLOURS[pred[i].numpy()]]
             for i in range(len(test_rows))]
-    _image_grid(grid, ["input", "truth", "prediction"], out, report["dpi"])
+    image_grid(grid, ["input", "truth", "prediction"], out, report["dpi"])

@@ -1,4 +1,5 @@
-"""One CSV of every run, and the seeds' tables (mean ± std over seeds) in Markdown and CSV.
+"""One CSV of every run, and the seeds' tables (mean ± std over seeds) in Markdown and CSV;
+the paired Δ tables (mean ± s.e.) and the measured label quality.
 
 Every metrics file names its own grid coordinates (its "run" entry, from sslseg.grid), and
 they become the columns here: nothing is read from paths.
@@ -69,17 +70,27 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def delta(runs: pd.DataFrame) -> pd.DataFrame:
-    """Δ mIoU (%) with − without the intermediate step, paired by every other axis (seed
-    included); mean and standard error (std ddof 1 / √k) over the k seeds."""
-    keys = cells(runs, "intermediate")
-    wide = runs.pivot_table(index=keys + ["seed"], columns="intermediate", values="miou")
-    if not {0, 1} <= set(wide.columns):
+def paired_delta(runs: pd.DataFrame, axis: str, base, other) -> pd.DataFrame:
+    """Δ mIoU (%) `other` − `base` on `axis`, paired by every other axis (seed included);
+    mean and standard error (std ddof 1 / √k) over the k seeds with both."""
+    keys = cells(runs, axis)
+    wide = runs.pivot_table(index=keys + ["seed"], columns=axis, values="miou") if axis in runs else pd.DataFrame()
+    if not {base, other} <= set(wide.columns):
         return pd.DataFrame(columns=keys + ["delta_mean", "delta_se", "seeds"])
-    d = ((wide[1] - wide[0]) * 100).dropna().rename("delta").reset_index()
+    d = ((wide[other] - wide[base]) * 100).dropna().rename("delta").reset_index()
     g = d.groupby(keys).delta
     out = pd.DataFrame({"delta_mean": g.mean(), "delta_se": g.std(ddof=1) / np.sqrt(g.count()), "seeds": g.count()})
     return out.reset_index()
+
+
+def delta(runs: pd.DataFrame) -> pd.DataFrame:
+    """Δ mIoU (%) with − without the intermediate step (`paired_delta`)."""
+    return paired_delta(runs, "intermediate", 0, 1)
+
+
+def probe_delta(runs: pd.DataFrame) -> pd.DataFrame:
+    """Δ mIoU (%) probe (frozen backbone, linear head) − fine-tune (`paired_delta`)."""
+    return paired_delta(runs, "adaptation", "finetune", "probe")
 
 
 def size_label(n: int) -> str:
@@ -124,7 +135,8 @@ TABLES = {
 
 
 def tables(runs: str, outdir: Output) -> None:
-    """Write summary.csv beside `outdir`, and in `outdir` the seeds' Tables 1, A2, A3 and the Δ table."""
+    """Write summary.csv beside `outdir`, and in `outdir` the seeds' Tables 1, A2, A3, the Δ table
+    (delta.csv) and, when the runs hold both adaptations, the probe − fine-tune Δ (probe_delta.csv, .md)."""
     runs_csv, runs = runs, pd.read_csv(runs)
     summary = summarise(runs)
     commits = sorted(str(c) for c in runs.get("git_commit", pd.Series(dtype=str)).dropna().unique())
@@ -148,8 +160,64 @@ def tables(runs: str, outdir: Output) -> None:
         if name == "table1":
             table = table.drop(columns="# Pre-train")
         write_csv(table, out / f"{name}.csv")
-        with atomic_path(out / f"{name}.md") as tmp:
-            tmp.write_text(f"**{title}** (mean ± std over seeds, ddof 1)\n\n"
-                           + (_markdown(table) if len(table) else "(no runs)\n") + source)
+        _write_md(out / f"{name}.md", f"**{title}** (mean ± std over seeds, ddof 1)", table, source)
     d = delta(runs)
     write_csv(d, out / "delta.csv")
+    probe = probe_delta(runs)
+    if len(probe):  # both adaptations in the grid
+        write_csv(probe, out / "probe_delta.csv")
+        _write_md(out / "probe_delta.md", f"**Δ mIoU (%), probe − fine-tune, by label quality and fine-tune size**"
+                  f" (paired by seed; mean ± s.e. over {_seeds(probe.seeds)} seeds)", _probe_table(probe), source)
+
+
+def _seeds(n: pd.Series) -> str:
+    """'3', or '2–3' when cells have different numbers of seeds."""
+    return str(n.min()) if n.min() == n.max() else f"{n.min()}–{n.max()}"
+
+
+def _write_md(path: Path, header: str, table: pd.DataFrame, footer: str = "") -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(f"{header}\n\n" + (_markdown(table) if len(table) else "(no runs)\n") + footer)
+
+
+def _probe_table(probe: pd.DataFrame) -> pd.DataFrame:
+    """The probe − fine-tune Δ for reading: one row per label quality, pretraining and size."""
+    p = probe.sort_values(["labels", *cells(probe, "labels")], kind="stable")
+    varying = {k: p[k].values for k in cells(p, "objective", "data", "pretrain", "labels", "finetune")
+               if p[k].nunique() > 1}
+    return pd.DataFrame({
+        **varying,
+        "Labels": p["labels"].values,
+        "# Pre-train": pretrain_labels(p),
+        "# Fine-tune": p.finetune.values,
+        "Δ mIoU (%)": [_pm(m, s) for m, s in zip(p.delta_mean, p.delta_se)],
+        "Seeds": p.seeds.values,
+    })
+
+
+QUALITY = ("miou", "pixel_acc", "labelled_fraction")  # what the label-quality stage measures
+
+
+def label_quality(quality: list[str], out: Output) -> pd.DataFrame:
+    """Per label kind, the mean over seeds of its measured quality against the true trimaps
+    (mIoU, pixel accuracy, labelled fraction; fractions 0–1) to `out` (CSV), and in % to a
+    Markdown table beside it. `quality`: the label stage's <kind>-s<seed>.quality.json files."""
+    rows = []
+    for path in quality:
+        q = read_json(path)
+        if missing := [k for k in ("kind", "seed", *QUALITY) if k not in q]:
+            raise UserError(f"{path}: no {', '.join(missing)}; rerun the label stage that wrote it")
+        rows.append({k: q[k] for k in ("kind", "seed", *QUALITY)})
+    g = pd.DataFrame(rows).groupby("kind", sort=False)  # kinds in the order given
+    table = g[list(QUALITY)].mean().assign(miou_std=g.miou.std(ddof=1), seeds=g.seed.nunique()).reset_index()
+    write_csv(table, out)
+    shown = pd.DataFrame({
+        "Labels": table.kind.values,
+        "mIoU (%)": [_pm(m * 100, s * 100) for m, s in zip(table.miou, table.miou_std)],
+        "Pixel accuracy (%)": [f"{v * 100:.2f}" for v in table.pixel_acc],
+        "Labelled pixels (%)": [f"{v * 100:.2f}" for v in table.labelled_fraction],
+        "Seeds": table.seeds.values,
+    })
+    _write_md(Path(out).with_suffix(".md"), "**Label quality against the true trimaps, fine-tune pool** (mean over "
+              f"{_seeds(table.seeds)} seeds; mIoU mean ± std, ddof 1)", shown)
+    return table

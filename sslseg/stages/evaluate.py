@@ -16,9 +16,10 @@ from sslseg.metrics import confusion, scores
 from sslseg.models.predict import load_for_eval, predict_classes
 
 
-def score_segmenter(ckpt: str, arrays: dict, settings: dict) -> dict:
-    """Scores of the segmenter `ckpt` on uint8 images and trimap classes (one confusion matrix)."""
-    model, settings = load_for_eval(ckpt, settings)
+def score_segmenter(loaded: tuple[torch.nn.Module, dict], arrays: dict) -> dict:
+    """Scores of a segmenter (`load_for_eval`'s model and settings) on uint8 images and trimap
+    classes (one confusion matrix)."""
+    model, settings = loaded
     pred = predict_classes(model, arrays["images"], settings)
     masks = torch.as_tensor(arrays["masks"]).long()
     if masks.shape[-1] != pred.shape[-1]:  # labels stay at pack resolution; score at model resolution
@@ -32,7 +33,7 @@ def evaluate(ckpt: str, pets: str, rows: str, out: Output, settings: dict, run: 
     t0 = time.time()
     torch.set_num_threads(threads)
     test_rows = read_rows(rows)
-    result = score_segmenter(ckpt, read_pack(pets, np.sort(test_rows)), settings)
+    result = score_segmenter(load_for_eval(ckpt, settings), read_pack(pets, np.sort(test_rows)))
     result.update(images=len(test_rows), checkpoint=str(ckpt), run=run)
     write_json(out, result)
     write_sidecar(out, "evaluate", settings, t0, device=settings["device"])

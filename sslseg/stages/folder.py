@@ -11,8 +11,7 @@ from sslseg.config import eval_settings, load_config
 from sslseg.data import sources
 from sslseg.data.pack import load_arrays
 from sslseg.io import Output, write_json
-from sslseg.models.checkpoint import read_checkpoint
-from sslseg.models.predict import trained_settings
+from sslseg.models.predict import load_for_eval
 from sslseg.stages.evaluate import score_segmenter
 
 
@@ -22,14 +21,14 @@ def evaluate_folder(ckpt: str, root: str, out: Output | None = None, config: str
     The model settings come from the checkpoint; device and batch size from the config."""
     torch.set_num_threads(threads)
     cfg = load_config(config, configfile)
-    base = eval_settings(cfg, cfg["grid"]["backbones"][0])  # device, batch size, AMP; the model: next line
-    settings = trained_settings(ckpt, read_checkpoint(ckpt).get("meta", {}), base)
-    model = settings["model"]
-    print(f"{ckpt}: fine-tune checkpoint, {model['backbone']} at {model['image_size']} px", file=sys.stderr)
+    # device, batch size and AMP from the config; the model (any backbone here) from the checkpoint
+    model, settings = load_for_eval(ckpt, eval_settings(cfg, cfg["grid"]["backbones"][0]))
+    m = settings["model"]
+    print(f"{ckpt}: {settings['trained_by']} checkpoint, {m['backbone']} at {m['image_size']} px", file=sys.stderr)
     records = sources.oxford_pets(root)
-    arrays = load_arrays(records, model["image_size"], "squash", threads)
-    result = {**score_segmenter(ckpt, arrays, settings), "images": len(records), "checkpoint": str(ckpt),
-              "model": model}
+    arrays = load_arrays(records, m["image_size"], "squash", threads)
+    result = {**score_segmenter((model, settings), arrays), "images": len(records), "checkpoint": str(ckpt),
+              "model": m}
     print(json.dumps(result, indent=2))
     if out:
         write_json(out, result)

@@ -22,11 +22,11 @@ from sslseg.train import fit, pick_device
 
 
 def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, label_key: str | None,
-           settings: dict, runtime: dict, out: str, log: str) -> dict:
+           settings: dict, runtime: dict, out: str, log: str, labels: str | None = None) -> dict:
     device = pick_device(settings["device"])
     settings = scale_for_device(settings, device)
     keys = ("images",) + ((label_key,) if label_key else ())
-    batches = Batches(pack_file, rows, settings["batch_size"], device, keys, runtime["memory_gb"])
+    batches = Batches(pack_file, rows, settings["batch_size"], device, keys, runtime["memory_gb"], masks=labels)
     transform = make_transform(settings["augment"], settings["model"]["image_size"], label_key)
     resume = Path(out).with_name(f".{Path(out).name}.resume")
     stats = fit(objective, batches, transform, settings, runtime=runtime, name=settings["stage"],
@@ -46,7 +46,7 @@ def _init_from(objective: torch.nn.Module, init: str | None) -> list[str]:
 
 
 def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: str, log: str, settings: dict,
-               runtime: dict | None, init: str | None, threads: int) -> None:
+               runtime: dict | None, init: str | None, threads: int, labels: str | None = None) -> None:
     """Build the stage's objective, load `init`'s backbone, train, write the checkpoint and sidecar.
     `runtime`: log_every, checkpoint_every, memory_gb, progress (None: see sslseg.runtime)."""
     t0 = time.time()
@@ -55,9 +55,9 @@ def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: s
     torch.manual_seed(settings["seed"])
     objective = build_objective(settings["objective"], settings)
     dropped = _init_from(objective, init)
-    stats = _train(objective, pack, rows, label_key, settings, runtime, out, log)
+    stats = _train(objective, pack, rows, label_key, settings, runtime, out, log, labels)
     write_sidecar(out, settings["stage"], settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped,
-                  **stats)
+                  labels=labels, **stats)
 
 
 def pretrain(pack: str, size: int, out: Output, log: Output, settings: dict, runtime: dict | None = None,
@@ -76,6 +76,14 @@ def intermediate(pack: str, out: Output, log: Output, settings: dict, runtime: d
 
 
 def finetune(pets: str, rows: str, out: Output, log: Output, settings: dict, runtime: dict | None = None,
-             init: str | None = None, threads: int = 1) -> None:
-    """Segmentation fine-tune on the pets rows listed in `rows`, from `init` (or scratch)."""
-    _fit_stage(pets, read_rows(rows), "masks", out, log, settings, runtime, init, threads)
+             init: str | None = None, labels: str | None = None, threads: int = 1) -> None:
+    """Segmentation on the pets rows listed in `rows`, from `init` (or scratch): a fine-tune or a
+    frozen probe (settings["stage"]), on the true trimaps or on the imperfect `labels` pack."""
+    _fit_stage(pets, read_rows(rows), "masks", out, log, settings, runtime, init, threads, labels)
+
+
+def probe(pets: str, rows: str, out: Output, log: Output, settings: dict, runtime: dict | None = None,
+          init: str | None = None, labels: str | None = None, threads: int = 1) -> None:
+    """A frozen probe: the fine-tune stage with the `probe:` recipe, whose settings freeze the
+    backbone (sslseg.config.FROZEN); its own command so the DAG lists probes by name."""
+    finetune(pets, rows, out, log, settings, runtime, init, labels, threads)

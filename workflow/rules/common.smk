@@ -7,6 +7,7 @@ import json
 import os
 import shlex
 import sys
+import time
 
 sys.path.insert(0, workflow.basedir)  # the sslseg package beside the Snakefile
 
@@ -31,6 +32,7 @@ except UserError as e:
     sys.exit(f"sslseg: error: {e}")
 
 R = f"results/{config['name']}"
+STARTED = time.time()  # logs written after this are this run's (the onerror summary)
 RUNS = grid.runs(config)
 for note in grid.skipped(config):
     print(f"sslseg: {note}", file=sys.stderr)
@@ -146,6 +148,23 @@ def init_flag(wildcards, input):
     return f"--init {input.init}" if input.init else ""
 
 
+def adapted(adaptation):
+    """The run folders of one adaptation (the wildcard of its rule: finetune or probe)."""
+    return [d for d, r in BY_RUN.items() if r.adaptation == adaptation]
+
+
+LABEL_KINDS = sorted({r.labels for r in RUNS} - {"full"})  # the generated label sets
+
+
+def labels_file(run):
+    """The generated imperfect labels a run trains on (none for the true trimaps)."""
+    return [] if run.labels == "full" else [f"{R}/labels/{run.labels}-s{run.seed}.h5"]
+
+
+def labels_flag(wildcards, input):
+    return f"--labels {input.labels}" if input.labels else ""
+
+
 def run_dirs():
     return [f"{R}/runs/{d}" for d in BY_RUN]
 
@@ -157,9 +176,17 @@ def runs_root(wildcards, input):
 
 
 def largest_run():
-    """The fine-tune shown in the segmentation examples: most pretraining, most labels, first seed."""
+    """The run shown in the segmentation examples: a fine-tune on full labels if the grid has
+    one, with most pretraining, most labels, first seed."""
     return max(
-        RUNS, key=lambda r: (r.pretrain, not r.intermediate, r.finetune)
+        RUNS,
+        key=lambda r: (
+            r.adaptation == "finetune",
+            r.labels == "full",
+            r.pretrain,
+            not r.intermediate,
+            r.finetune,
+        ),
     )  # ties: the first
 
 
@@ -190,13 +217,10 @@ def all_outputs():
 
 
 # A stage that fails on bad input prints one line, `sslseg <rule>: error: <why>`, into its log
-# file; on screen Snakemake's error block only names that file. `show-failed-logs` would print
-# the logs, but only where a profile sets it: Snakemake auto-loads profiles/default, not our
-# workflow/profiles/default (the Makefile passes it), so a plain `snakemake --cores N` or the
-# SLURM profile goes without. Hence a summary at the end of every failed run, whatever the
-# profile: each failed job's rule, its log and the line saying why (sslseg/failures.py reads
-# the failed jobs off Snakemake's main log, the `log` handed to onerror).
+# file; on screen Snakemake's error block only names that file, and `show-failed-logs` (which
+# prints whole logs) applies only where a profile sets it. So every failed run ends with each
+# failed job's log and that line, whatever the profile (sslseg/failures.py).
 onerror:
-    _failed = failures.summary(failures.main_log_paths(log))
-    if _failed:
-        print(_failed, file=sys.stderr)
+    _why = failures.summary(f"{R}/logs", STARTED)
+    if _why:
+        print(_why, file=sys.stderr)

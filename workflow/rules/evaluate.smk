@@ -4,7 +4,7 @@
 
 rule evaluate:
     input:
-        model=rules.finetune.output.model,
+        model=f"{R}/runs/{{run}}/model.pt",  # made by the finetune or the probe rule
         pets=rules.pack_pets.output.pack,
         rows=rules.splits.output.test,
         code=code("evaluate", stage_objective("finetune")),

@@ -1,5 +1,7 @@
-# Segmentation fine-tune, one job per downstream run of the grid, e.g.
-# results/<name>/runs/viny/simmim-random-45000-i1/finetune-full-n250-s0/model.pt.
+# Segmentation, one job per downstream run of the grid: a fine-tune (every weight trained,
+# recipe `finetune:`) or a frozen probe (backbone frozen, linear head, recipe `probe:`), on the
+# true trimaps or on generated imperfect labels, e.g.
+# results/<name>/runs/viny/simmim-random-45000-i1/probe-scribbles-n250-s0/model.pt.
 
 
 rule finetune:
@@ -7,11 +9,14 @@ rule finetune:
         pets=rules.pack_pets.output.pack,
         rows=lambda w: subset_file(BY_RUN[w.run]),
         init=lambda w: init_checkpoint(BY_RUN[w.run]),
+        labels=lambda w: labels_file(BY_RUN[w.run]),
         code=code("finetune", stage_objective("finetune")),
     output:
         model=f"{R}/runs/{{run}}/model.pt",
         meta=f"{R}/runs/{{run}}/model.pt.json",
         train_log=f"{R}/runs/{{run}}/log.csv",
+    wildcard_constraints:
+        run=grid.wildcard(adapted("finetune")),
     log:
         f"{R}/logs/finetune/{{run}}.log",
     benchmark:
@@ -24,7 +29,40 @@ rule finetune:
     params:
         settings=lambda w: as_json(stage_settings(config, "finetune", BY_RUN[w.run])),
         init=init_flag,
+        labels=labels_flag,
     shell:
-        "python -m sslseg finetune --pets {input.pets} --rows {input.rows} {params.init}"
+        "python -m sslseg finetune --pets {input.pets} --rows {input.rows} {params.init} {params.labels}"
+        " --out {output.model} --log {output.train_log} --settings {params.settings:q}"
+        " --threads {threads} > {log} 2>&1"
+
+
+rule probe:
+    input:
+        pets=rules.pack_pets.output.pack,
+        rows=lambda w: subset_file(BY_RUN[w.run]),
+        init=lambda w: init_checkpoint(BY_RUN[w.run]),
+        labels=lambda w: labels_file(BY_RUN[w.run]),
+        code=code("probe", stage_objective("probe")),
+    output:
+        model=f"{R}/runs/{{run}}/model.pt",
+        meta=f"{R}/runs/{{run}}/model.pt.json",
+        train_log=f"{R}/runs/{{run}}/log.csv",
+    wildcard_constraints:
+        run=grid.wildcard(adapted("probe")),
+    log:
+        f"{R}/logs/probe/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/probe/{{run}}.tsv"
+    conda:
+        "../../envs/sslseg.yaml"
+    threads: threads_of("finetune")
+    resources:
+        **res("finetune"),
+    params:
+        settings=lambda w: as_json(stage_settings(config, "finetune", BY_RUN[w.run])),
+        init=init_flag,
+        labels=labels_flag,
+    shell:
+        "python -m sslseg probe --pets {input.pets} --rows {input.rows} {params.init} {params.labels}"
         " --out {output.model} --log {output.train_log} --settings {params.settings:q}"
         " --threads {threads} > {log} 2>&1"
