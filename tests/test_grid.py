@@ -13,13 +13,18 @@ from sslseg.io import UserError
 
 
 def config(**grid_over) -> dict:
+    """The default config with study A's two downstream axes (fine-tune, full labels) unless given,
+    and batches small enough for the tiny sizes some tests use (the run list ignores them)."""
     cfg = load_config(ROOT / "config.yaml")
-    return validate(merge(cfg, {"grid": grid_over}))
+    small = {stage: {"batch_size": 4} for stage in ("pretrain", "finetune", "probe")}
+    return validate(merge(cfg, {**small, "grid": {"adaptations": ["finetune"], "labels": ["full"], **grid_over}}))
 
 
-def test_default_grid_is_the_seeds_study_a():
+def test_default_grid_holds_the_seeds_studies_a_and_b():
+    runs = grid.runs(load_config(ROOT / "config.yaml"))
+    assert len(runs) == 4 * 2 * 6 * 3 * 2 * 4  # study A's grid x (finetune, probe) x 4 label qualities
+    assert grid.run_dir(runs[-1]) == "viny/simmim-random-200000-i1/probe-noisy-n6000-s2"
     runs = grid.runs(config())
-    assert len(runs) == 4 * 2 * 6 * 3
     assert len(grid.by_path(runs, grid.pretrain_dir)) == 3 and len(grid.by_path(runs, grid.intermediate_dir)) == 4
     assert grid.run_dir(runs[0]) == "viny/scratch-i0/finetune-full-n250-s0"
     assert grid.pretrain_dir(runs[-1]) == "viny/simmim-random-200000"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -135,7 +136,7 @@ def test_an_image_left_without_labels_is_a_one_line_error_naming_the_key(truth):
         generate_rows(truth[:3], np.array([7, 8, 9]), "scribbles", {**SCRIBBLES, "width": 200}, 0,
                       names=["cat_1", "dog_2", "cat_3"])
     msg = str(err.value)
-    assert "\n" not in msg and "labels.scribbles.width: 200" in msg and "cat_1" in msg and "2 more" in msg
+    assert "\n" not in msg and "labels.scribbles.width: 200" in msg and "cat_1" in msg and "cat_1 and 2 more" in msg
 
 
 @pytest.mark.parametrize("kind,params,key", [("points", {"per_class": 0}, "labels.points.per_class"),
@@ -209,6 +210,16 @@ def test_cli_command(pets_pack, tmp_path):
                            "--pool", str(tmp_path / "pool.txt"), "--out", str(tmp_path / "l.h5"),
                            "--quality", str(tmp_path / "q.json"), "--seed", "1",
                            "--settings", json.dumps({"kind": "points", **POINTS})],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "q.json").read_text())["pixel_acc"] == 1.0
+
+
+def test_stage_refuses_rows_outside_the_pack(pets_pack, tmp_path):
+    from sslseg.stages.labels import weak_labels
+
+    (tmp_path / "pool.txt").write_text("1\n999\n")
+    with pytest.raises(UserError, match=r"pool\.txt: rows must be among the 24 images"):
+        weak_labels(str(pets_pack), str(tmp_path / "pool.txt"), str(tmp_path / "l.h5"), str(tmp_path / "q.json"),
+                    {"kind": "points", **POINTS}, seed=0)

@@ -24,7 +24,9 @@ def test_lint_is_clean():
 def test_default_config_plans_the_seeds_full_grid():
     jobs = planned_jobs(ROOT)
     # 4 pretraining sizes (0, 45k, 100k, 200k) x with/without intermediate x 6 sizes x 3 seeds
-    assert jobs["finetune"] == 4 * 2 * 6 * 3 == jobs["evaluate"]
+    # x 4 label qualities, for the fine-tune and again for the probe
+    assert jobs["finetune"] == 4 * 2 * 6 * 3 * 4 == jobs["probe"] == jobs["evaluate"] // 2
+    assert jobs["weak_labels"] == 3 * 3  # scribbles, points, noisy x seeds: one cached set each
     assert jobs["pretrain"] == 3 and jobs["intermediate"] == 4 and jobs["subset"] == 6 * 3
 
 
@@ -179,3 +181,48 @@ def test_evaluate_folder_reads_the_model_from_the_checkpoint(tiny_run):
     lines = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(lines) == 1 and "written by the 'pretrain' stage" in lines[0]
     assert "it has no trained head); this needs a finetune or probe checkpoint (runs/.../model.pt)" in lines[0]
+
+
+TINY_B = """grid: {pretrain_sizes: [16], intermediate: [false], adaptations: [finetune, probe],
+       labels: [full, scribbles, noisy], finetune_sizes: [8], seeds: [0, 1]}
+probe: {iterations: 4, batch_size: 4}
+labels: {noisy: {strength: 4}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_b_run(tmp_path_factory):
+    """Study B's axes on the tiny data: frozen probes and fine-tunes on full, scribbled and noisy labels."""
+    from conftest import copy_workflow
+
+    wf = copy_workflow(tmp_path_factory.mktemp("wfb"))
+    (wf / "b.yaml").write_text(TINY_B)
+    snakemake(wf, "--cores", "2", TINY[0], TINY[1], "b.yaml")
+    return wf
+
+
+def test_probes_and_imperfect_labels_run_as_axes_of_the_grid(tiny_b_run):
+    import torch
+
+    out = tiny_b_run / "results" / "tiny"
+    runs = pd.read_csv(out / "report" / "runs.csv")
+    assert len(runs) == 2 * 3 * 2 and set(runs.adaptation) == {"finetune", "probe"}
+    assert set(runs.labels) == {"full", "scribbles", "noisy"} and runs.miou.between(0, 1).all()
+    for kind in ("scribbles", "noisy"):  # each label set: cached per seed, with its measured quality
+        for seed in (0, 1):
+            q = json.loads((out / "labels" / f"{kind}-s{seed}.quality.json").read_text())
+            assert q["kind"] == kind and q["seed"] == seed and 0 < q["miou"] <= 1
+    assert json.loads((out / "labels/scribbles-s0.quality.json").read_text())["labelled_fraction"] < 0.5
+    assert json.loads((out / "labels/noisy-s0.quality.json").read_text())["labelled_fraction"] == 1.0
+    probe = out / "runs/viny/simmim-random-16-i0/probe-scribbles-n8-s1"
+    meta = json.loads((probe / "model.pt.json").read_text())
+    assert meta["labels"].endswith("labels/scribbles-s1.h5") and meta["settings"]["freeze"] == ["backbone."]
+    trained = torch.load(probe / "model.pt", weights_only=True)["model"]
+    pretrained = torch.load(out / "pretrain/viny/simmim-random-16/model.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, pretrained[k]) for k, v in trained.items() if k.startswith("backbone."))
+    assert "s.e." in (out / "report/tables/study/probe_delta.md").read_text()
+    quality = pd.read_csv(out / "report/tables/label_quality.csv")
+    assert set(quality.kind) == {"scribbles", "noisy"}
+    for fig in ("fig_label_quality", "fig_probe_delta", "label_examples"):
+        assert (out / "report" / f"{fig}.png").stat().st_size > 1000
+

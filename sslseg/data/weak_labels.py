@@ -43,7 +43,7 @@ def _param(kind: str, params: dict, key: str, ok: Callable, want: str, default=N
     value = params.get(key, default)
     try:
         good = value is not None and not isinstance(value, bool) and ok(value)
-    except (TypeError, ValueError):  # a string where a number belongs
+    except (TypeError, ValueError, OverflowError):  # a string where a number belongs, inf, nan
         good = False
     if not good:
         raise UserError(f"labels.{kind}.{key}: {value!r} is not {want}; fix it in the config")
@@ -129,7 +129,10 @@ def _noisy(mask: np.ndarray, params: dict, rng: np.random.Generator, classes: in
     blob = int(_param("noisy", params, "blob", lambda v: int(v) == v >= 1, "an integer >= 1", 1))
     cells = (-(-h // blob), -(-w // blob))
     flip, shift = rng.random(cells) < p, rng.integers(1, classes, cells)
-    up = lambda a: a.repeat(blob, 0).repeat(blob, 1)[:h, :w]  # noqa: E731
+
+    def up(a: np.ndarray) -> np.ndarray:
+        return a.repeat(blob, 0).repeat(blob, 1)[:h, :w]
+
     return np.where(up(flip), (mask + up(shift)) % classes, mask).astype(np.uint8)
 
 
@@ -162,11 +165,11 @@ def generate_rows(masks: np.ndarray, rows: Sequence[int], kind: str, params: dic
         labels = np.stack(list(pool.map(one, range(len(masks))))) if len(masks) else masks.copy()
     empty = np.flatnonzero((labels == IGNORE).all((1, 2)))
     if len(empty):
-        i = empty[0]
+        i, key = empty[0], CAUSE[kind]
         image = names[i] if names is not None else f"row {rows[i]}"
-        key = CAUSE[kind]
-        raise UserError(f"labels.{kind}.{key}: {params.get(key)!r} leaves image {image} (and {len(empty) - 1} more) "
-                        f"with no labelled pixel (its regions are too thin for it); lower it")
+        more = f" and {len(empty) - 1} more" if len(empty) > 1 else ""
+        raise UserError(f"labels.{kind}.{key}: {params.get(key)!r} leaves image {image}{more} with no labelled "
+                        "pixel (its regions are too thin for it); lower it")
     return labels
 
 
@@ -181,14 +184,14 @@ def quality(labels: np.ndarray, truth: np.ndarray, classes: int = 3) -> dict:
         keep = lab != IGNORE
         conf += np.bincount(tru[keep].astype(np.int64) * classes + lab[keep], minlength=classes * classes)
     conf = conf.reshape(classes, classes)
-    keep = (labels != IGNORE).reshape(len(labels), -1).sum(1)  # labelled pixels per image
+    per_image = (labels != IGNORE).reshape(len(labels), -1).sum(1)
     tp = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - tp
     iou = np.where(union > 0, tp / np.maximum(union, 1), np.nan)
     return {
         "images": int(len(labels)),
-        "labelled_fraction": float(keep.sum() / labels.size) if labels.size else math.nan,
-        "labelled_pixels_min": int(keep.min()) if len(keep) else 0,
+        "labelled_fraction": float(per_image.sum() / labels.size) if labels.size else math.nan,
+        "labelled_pixels_min": int(per_image.min()) if len(per_image) else 0,
         "pixel_acc": float(tp.sum() / conf.sum()) if conf.sum() > 0 else math.nan,
         "miou": float(np.nanmean(iou)) if (~np.isnan(iou)).any() else math.nan,
         "iou_per_class": [float(v) for v in iou],

@@ -18,10 +18,13 @@ TRAINED_BY = {"segment": (("finetune", "probe"), "runs/.../model.pt"),
               "classify": (("intermediate",), "intermediate/.../model.pt")}
 
 
+ARCHITECTURE = ("model", "head")  # the settings that shape a trained model's weights
+
+
 def trained_settings(ckpt: str, meta: dict, settings: dict, stages: tuple[str, ...] | None = None,
                      where: str = "") -> dict:
     """`settings` with the settings the checkpoint `ckpt` (with `meta`) was trained with (its
-    model slice; for a pretraining checkpoint, all of them) and `trained_by` its stage: a
+    ARCHITECTURE; for a pretraining checkpoint, all of them) and `trained_by` its stage: a
     consumer builds the model the checkpoint holds, whatever preset or image size the config
     names now. A checkpoint of a stage not in `stages` (default: the one that trains
     settings["objective"]) is refused with one line saying what it is."""
@@ -34,7 +37,8 @@ def trained_settings(ckpt: str, meta: dict, settings: dict, stages: tuple[str, .
                         f"checkpoint ({where})")
     if "model" not in meta.get("settings", {}):
         raise UserError(f"{ckpt}: its meta records no model settings; was it written by sslseg? rerun its stage")
-    trained = meta["settings"] if made_by == "pretrain" else {"model": meta["settings"]["model"]}
+    trained = meta["settings"] if made_by == "pretrain" else \
+        {k: meta["settings"][k] for k in ARCHITECTURE if k in meta["settings"]}
     return {**settings, **trained, "trained_by": made_by}
 
 

@@ -31,16 +31,14 @@ def weak_labels(pets: str, pool: str, out: Output, quality: Output, settings: di
     labels depend only on (seed, r), so every budget's subset of the pool sees the same labels."""
     t0 = time.time()
     kind, params = settings["kind"], {k: v for k, v in settings.items() if k != "kind"}
-    n, rows = pack_length(pets), np.unique(read_rows(pool))  # sorted: HDF5 reads need it
-    if len(rows) and (rows[0] < 0 or rows[-1] >= n):
-        raise UserError(f"{pool}: row {rows[-1] if rows[-1] >= n else rows[0]} is not one of the {n} images "
-                        f"of {pets}; delete it and rerun the splits stage")
+    n, rows = pack_length(pets), np.unique(read_rows(pool))  # sorted, each once
+    if not len(rows) or rows[0] < 0 or rows[-1] >= n:
+        raise UserError(f"{pool}: rows must be among the {n} images of {pets}; delete it and rerun the splits stage")
     # One slice, indexed in memory: an HDF5 read of thousands of scattered rows is far slower.
-    data = read_pack(pets, slice(int(rows[0]), int(rows[-1]) + 1) if len(rows) else rows, ("masks", "names"))
+    data = read_pack(pets, slice(int(rows[0]), int(rows[-1]) + 1), ("masks", "names"))
     if "masks" not in data:
         raise UserError(f"{pets}: has no trimaps (masks); is this the pets pack?")
-    at = rows - (rows[0] if len(rows) else 0)
-    truth, names = data["masks"][at], [s.decode() if isinstance(s, bytes) else str(s) for s in data["names"][at]]
+    truth, names = data["masks"][rows - rows[0]], [s.decode() for s in data["names"][rows - rows[0]]]
     labels = generate_rows(truth, rows, kind, params, seed, names, threads)
     size = truth.shape[1:]
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:

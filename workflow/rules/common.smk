@@ -213,7 +213,21 @@ def all_outputs():
         out.append(f"{R}/report/fig_delta.png")
     if INTERMEDIATE:
         out.append(f"{R}/report/intermediate.csv")
+    if LABEL_KINDS:
+        out += [
+            f"{R}/report/tables/label_quality.csv",
+            f"{R}/report/fig_label_quality.png",
+            f"{R}/report/label_examples.png",
+        ]
+    if {r.adaptation for r in RUNS} == {"finetune", "probe"}:
+        out.append(f"{R}/report/fig_probe_delta.png")
     return out
+
+
+def label_sets(seeds=None):
+    """The generated label packs of the grid (of `seeds`, default all), kind by kind."""
+    seeds = config["grid"]["seeds"] if seeds is None else seeds
+    return [f"{R}/labels/{k}-s{s}" for k in LABEL_KINDS for s in seeds]
 
 
 # A stage that fails on bad input prints one line, `sslseg <rule>: error: <why>`, into its log

@@ -15,12 +15,12 @@ rule finetune:
         model=f"{R}/runs/{{run}}/model.pt",
         meta=f"{R}/runs/{{run}}/model.pt.json",
         train_log=f"{R}/runs/{{run}}/log.csv",
-    wildcard_constraints:
-        run=grid.wildcard(adapted("finetune")),
     log:
         f"{R}/logs/finetune/{{run}}.log",
     benchmark:
         f"{R}/benchmarks/finetune/{{run}}.tsv"
+    wildcard_constraints:
+        run=grid.wildcard(adapted("finetune")),
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("finetune")
@@ -47,12 +47,12 @@ rule probe:
         model=f"{R}/runs/{{run}}/model.pt",
         meta=f"{R}/runs/{{run}}/model.pt.json",
         train_log=f"{R}/runs/{{run}}/log.csv",
-    wildcard_constraints:
-        run=grid.wildcard(adapted("probe")),
     log:
         f"{R}/logs/probe/{{run}}.log",
     benchmark:
         f"{R}/benchmarks/probe/{{run}}.tsv"
+    wildcard_constraints:
+        run=grid.wildcard(adapted("probe")),
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("finetune")

@@ -11,10 +11,10 @@ rule weak_labels:
         labels=f"{R}/labels/{{kind}}-s{{seed}}.h5",
         meta=f"{R}/labels/{{kind}}-s{{seed}}.h5.json",
         quality=f"{R}/labels/{{kind}}-s{{seed}}.quality.json",
-    wildcard_constraints:
-        kind="|".join(LABEL_KINDS) or "(?!)",
     log:
         f"{R}/logs/weak_labels/{{kind}}-s{{seed}}.log",
+    wildcard_constraints:
+        kind="|".join(LABEL_KINDS) or "(?!)",
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("pack")

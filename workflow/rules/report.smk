@@ -7,6 +7,8 @@ localrules:
     intermediate_accuracies,
     tables,
     figures,
+    label_quality,
+    label_figures,
 
 
 rule aggregate:
@@ -158,3 +160,87 @@ rule segmentations:
     shell:
         "python -m sslseg segmentations --ckpt {input.model} --pets {input.pets} --rows {input.rows}"
         " --out {output} --settings {params.settings:q} --report {params.report:q} > {log} 2>&1"
+
+
+# Study B: what the generated labels are worth, and what a frozen probe buys on them.
+rule label_quality:
+    input:
+        quality=[f"{p}.quality.json" for p in label_sets()],
+        code=code("label_quality"),
+    output:
+        csv=report(
+            f"{R}/report/tables/label_quality.csv",
+            caption="../report/label_quality.rst",
+            category="Tables",
+        ),
+        md=f"{R}/report/tables/label_quality.md",
+    log:
+        f"{R}/logs/label_quality.log",
+    conda:
+        "../../envs/sslseg.yaml"
+    shell:
+        "python -m sslseg label_quality --out {output.csv} --quality {input.quality} > {log} 2>&1"
+
+
+rule label_figures:
+    input:
+        runs=rules.aggregate.output[0],
+        quality=(f"{R}/report/tables/label_quality.csv" if LABEL_KINDS else []),
+        code=code("label_figures"),
+    output:
+        quality=(
+            report(
+                f"{R}/report/fig_label_quality.png",
+                caption="../report/fig_label_quality.rst",
+                category="Figures",
+            )
+            if LABEL_KINDS
+            else []
+        ),
+        delta=(
+            report(
+                f"{R}/report/fig_probe_delta.png",
+                caption="../report/fig_probe_delta.rst",
+                category="Figures",
+            )
+            if f"{R}/report/fig_probe_delta.png" in all_outputs()
+            else []
+        ),
+    log:
+        f"{R}/logs/label_figures.log",
+    conda:
+        "../../envs/sslseg.yaml"
+    params:
+        settings=report_settings("style", "dpi"),
+        quality=lambda w, input, output: (
+            f"--quality {input.quality} --out {output.quality}"
+            if output.quality
+            else ""
+        ),
+        delta=lambda w, output: f"--delta-out {output.delta}" if output.delta else "",
+    shell:
+        "python -m sslseg label_figures --runs {input.runs} {params.quality} {params.delta}"
+        " --settings {params.settings:q} > {log} 2>&1"
+
+
+rule label_examples:
+    input:
+        pets=rules.pack_pets.output.pack,
+        pool=rules.splits.output.pool,
+        labels=[f"{p}.h5" for p in label_sets(config["grid"]["seeds"][:1])],
+        code=code("label_examples"),
+    output:
+        report(
+            f"{R}/report/label_examples.png",
+            caption="../report/label_examples.rst",
+            category="Figures",
+        ),
+    log:
+        f"{R}/logs/label_examples.log",
+    conda:
+        "../../envs/sslseg.yaml"
+    params:
+        report=report_settings("examples", "dpi"),
+    shell:
+        "python -m sslseg label_examples --pets {input.pets} --pool {input.pool} --labels {input.labels}"
+        " --out {output} --report {params.report:q} > {log} 2>&1"
