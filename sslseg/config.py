@@ -162,11 +162,12 @@ def model_settings(config: dict, backbone: str) -> dict:
 
 
 def stage_settings(config: dict, stage: str, run) -> dict:
-    """What one training stage of `run` (a sslseg.grid.Run) depends on: its own section, the
+    """What one training stage of `run` (a sslseg.grid.Run) depends on: its own section (a
+    downstream run's stage is its adaptation: finetune or probe), the
     objective and its settings, the model, the loop settings that change results, the device.
     Rules pass exactly this as `params`, so only a change here reruns the stage."""
-    if stage == "finetune":
-        stage = run.adaptation  # the segmentation recipe: finetune or probe
+    if stage in ("finetune", "probe") and stage != run.adaptation:
+        raise ValueError(f"run {run} is adapted by {run.adaptation}, not {stage}")
     if stage == "pretrain":
         objective, extra = run.objective, config["objectives"][run.objective]
     else:

@@ -24,13 +24,14 @@ def errors_since(logs: str | Path, started: float) -> list[str]:
     found = []
     for path in Path(logs).rglob("*.log"):
         try:
-            if path.stat().st_mtime < started:
+            mtime = path.stat().st_mtime
+            if mtime < started:
                 continue
             lines = [ln.rstrip() for ln in path.read_text(errors="replace").splitlines() if SSLSEG_ERROR.match(ln)]
         except OSError:  # removed meanwhile (e.g. a rerun of the same job): nothing to report
             continue
         if lines:
-            found.append((path.stat().st_mtime, f"{path}: {lines[-1]}"))
+            found.append((mtime, f"{path}: {lines[-1]}"))
     return [line for _, line in sorted(found)]
 
 

@@ -114,8 +114,12 @@ def runs(config: dict) -> list[Any]:
 
 def first_run(config: dict, stage: str) -> Any | None:
     """The run whose `stage` settings stand for the grid's in a measurement (planner,
-    benchmark): the first run that pretrains for "pretrain" (None if none does), else the first."""
-    return next((r for r in runs(config) if r.pretrain or stage != "pretrain"), None)
+    benchmark): the first run that pretrains for "pretrain" (None if none does); for
+    "finetune" the first fine-tuned one (else the first, a probe); else the first."""
+    every = runs(config)
+    if stage == "finetune":
+        return next((r for r in every if r.adaptation == "finetune"), every[0] if every else None)
+    return next((r for r in every if r.pretrain or stage != "pretrain"), None)
 
 
 def skipped(config: dict) -> list[str]:

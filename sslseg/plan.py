@@ -99,7 +99,7 @@ def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict
         jobs["intermediate"] = [steps("intermediate", run, sizes["intermediate_train"]) for run in inter.values()]
         jobs["intermediate_eval"] = [(sizes["intermediate_test"], run.backbone) for run in inter.values()]
     downstream = grid.by_path(runs, grid.run_dir).values()
-    jobs["finetune"] = [steps("finetune", run, run.finetune) for run in downstream]
+    jobs["finetune"] = [steps(run.adaptation, run, run.finetune) for run in downstream]  # and probes
     jobs["evaluate"] = [(cfg["data"]["pets"]["test_size"], run.backbone) for run in downstream]
     return jobs
 
@@ -139,7 +139,7 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
         run = grid.first_run(cfg, stage)
         if run is None:  # nothing pretrains: no pretraining (or intermediate) rate to measure
             continue
-        s = scale_for_device(stage_settings(cfg, stage, run), device)
+        s = scale_for_device(stage_settings(cfg, run.adaptation if stage == "finetune" else stage, run), device)
         res = rule_resources(cfg, stage)
         torch.set_num_threads(min(res["threads"], os.cpu_count() or 1))  # as the job will run
         size, bs = s["model"]["image_size"], s["batch_size"]

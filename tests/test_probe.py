@@ -74,7 +74,7 @@ def _probe(tmp_path, cfg, labels: str | None = None, tag: str = "probe") -> dict
     from sslseg.stages.train import probe
 
     run = next(r for r in runs(cfg) if r.adaptation == "probe")
-    settings = stage_settings(cfg, "finetune", run)
+    settings = stage_settings(cfg, "probe", run)
     probe(str(tmp_path / "pets.h5"), str(tmp_path / "rows.txt"), str(tmp_path / f"{tag}.pt"),
           str(tmp_path / f"{tag}.csv"), settings, {"log_every": 1, "checkpoint_every": 1, "memory_gb": 1,
                                                     "progress": False},
@@ -82,17 +82,24 @@ def _probe(tmp_path, cfg, labels: str | None = None, tag: str = "probe") -> dict
     return torch.load(tmp_path / f"{tag}.pt", weights_only=True)
 
 
-def test_a_probe_leaves_its_backbone_bit_identical_and_trains_only_the_head(tmp_path, tiny_pets):
+def test_a_probe_leaves_its_backbone_bit_identical_and_trains_only_the_head(tmp_path, tiny_pets, monkeypatch):
     from sslseg.models.checkpoint import save_checkpoint
     from sslseg.objectives import build_objective
 
+    from sslseg.objectives.segment import Segment
+
     cfg = _config(tmp_path, {"grid": {"adaptations": ["probe"], "pretrain_sizes": [16]},
-                             "probe": {"iterations": 3, "batch_size": 4}})
+                             "probe": {"iterations": 3, "batch_size": 4, "dropout": 0.5}})
+    modes = []  # the frozen backbone runs in eval mode (no dropout on its features), the head trains
+    predict = Segment.predict
+    monkeypatch.setattr(Segment, "predict", lambda self, x: modes.append((self.backbone.training,
+                                                                          self.head.training)) or predict(self, x))
     torch.manual_seed(1)
     init = build_objective("simmim", {"model": {"backbone": "viny", "image_size": 32, "patch_size": 16},
                                       "mask_ratio": 0.5})
     save_checkpoint(tmp_path / "init.pt", init, {"stage": "pretrain", "settings": {}})
     out = _probe(tmp_path, cfg)
+    assert modes == [(False, True)] * 3
     backbone = {k[len("backbone."):]: v for k, v in out["model"].items() if k.startswith("backbone.")}
     assert backbone and all(torch.equal(v, init.backbone.state_dict()[k]) for k, v in backbone.items())
     meta = out["meta"]["settings"]

@@ -19,7 +19,7 @@ from sslseg.report.labels import label_examples, label_name, overlay
 from sslseg.report.tables import label_quality, probe_delta, tables
 
 SETTINGS = {"style": "whitegrid", "dpi": 40}
-OFFSET = {"full": -0.02, "noisy": 0.05}  # probe − fine-tune mIoU, plus 0.01 per seed
+OFFSET = {"full": -0.02, "noisy": 0.05, "scribbles": 0.03, "points": 0.04}  # probe − fine-tune mIoU, plus 0.01 per seed
 
 
 def _runs() -> pd.DataFrame:
@@ -27,7 +27,7 @@ def _runs() -> pd.DataFrame:
     small s.e.), probe = fine-tune + OFFSET[labels] + 0.01 * seed. Rows shuffled."""
     rows = []
     for pretrain, inter, adapt, labels, n, seed in itertools.product(
-            (0, 100), (0, 1), ("finetune", "probe"), ("full", "noisy"), (8, 16), (0, 1, 2)):
+            (0, 100), (0, 1), ("finetune", "probe"), tuple(OFFSET), (8, 16), (0, 1, 2)):
         miou = 0.3 + 0.1 * seed + 0.001 * n + 0.02 * inter + (0.03 if pretrain else 0)
         if adapt == "probe":
             miou += OFFSET[labels] + 0.01 * seed
@@ -47,21 +47,24 @@ def runs_csv(tmp_path):
 @pytest.fixture
 def quality_csv(tmp_path):
     files = []
-    for kind, seed, miou in [("noisy", 0, 0.70), ("noisy", 1, 0.74), ("noisy", 2, 0.72)]:
+    # noisy: dense, partly wrong; scribbles and points: exact where they label (mIoU 1), sparse
+    for kind, seed, miou, acc, frac in [("noisy", 0, 0.70, 0.8, 1.0), ("noisy", 1, 0.74, 0.84, 1.0),
+                                        ("noisy", 2, 0.72, 0.82, 1.0), ("scribbles", 0, 1.0, 1.0, 0.05),
+                                        ("points", 0, 1.0, 1.0, 0.001)]:
         files.append(tmp_path / f"{kind}-s{seed}.quality.json")
-        files[-1].write_text(json.dumps(dict(kind=kind, seed=seed, miou=miou, pixel_acc=miou + 0.1,
-                                             labelled_fraction=1.0, iou_per_class=[miou] * 3, images=10)))
+        files[-1].write_text(json.dumps(dict(kind=kind, seed=seed, miou=miou, pixel_acc=acc,
+                                             labelled_fraction=frac, iou_per_class=[miou] * 3, images=10)))
     out = tmp_path / "report" / "label_quality.csv"
     table = label_quality([str(f) for f in files], str(out))
     assert table.set_index("kind").loc["noisy", "miou"] == pytest.approx(0.72)
     assert table.set_index("kind").loc["noisy", "seeds"] == 3
-    assert "mean over 3 seeds" in out.with_suffix(".md").read_text()
+    assert "mean over 1–3 seeds" in out.with_suffix(".md").read_text()
     return str(out)
 
 
 def test_probe_delta_is_paired_by_seed_with_the_standard_error():
     d = probe_delta(_runs())
-    assert len(d) == 2 * 2 * 2 * 2  # pretrain x intermediate x labels x finetune
+    assert len(d) == 2 * 2 * 4 * 2  # pretrain x intermediate x labels x finetune
     assert (d.seeds == 3).all()
     for labels, offset in OFFSET.items():
         diffs = (offset + 0.01 * np.arange(3)) * 100  # percentage points, one per seed
@@ -76,7 +79,7 @@ def test_tables_write_the_probe_delta_when_both_adaptations_are_present(runs_csv
     study = tmp_path / "tables" / "study"
     md = (study / "probe_delta.md").read_text()
     assert "mean ± s.e. over 3 seeds" in md and "| noisy |" in md and "6.00 ± 0.58" in md
-    assert pd.read_csv(study / "probe_delta.csv").delta_mean.round(6).isin([6.0, -1.0]).all()
+    assert pd.read_csv(study / "probe_delta.csv").delta_mean.round(6).isin([6.0, -1.0, 4.0, 5.0]).all()
     summary = pd.read_csv(tmp_path / "tables" / "summary.csv")
     assert {"adaptation", "labels"} <= set(summary.columns) and (summary.seeds == 3).all()
     assert "adaptation" in (study / "table1.md").read_text()  # varying axes get a column
@@ -84,6 +87,16 @@ def test_tables_write_the_probe_delta_when_both_adaptations_are_present(runs_csv
     one.to_csv(tmp_path / "one.csv", index=False)
     tables(str(tmp_path / "one.csv"), str(tmp_path / "one"))
     assert not (tmp_path / "one" / "probe_delta.md").exists()
+
+
+def test_label_kinds_are_ordered_by_pixels_labelled_correctly_not_merged(quality_csv):
+    """Scribbles, points and full labels all have mIoU 1 where they label: one quality scale would
+    put them on one point; each kind keeps its own place, with its measured quality named."""
+    from sslseg.report.figures import label_axis
+
+    kinds, ticks = label_axis(pd.read_csv(quality_csv).set_index("kind"), {"points", "full", "scribbles", "noisy"})
+    assert kinds == ["full", "noisy", "scribbles", "points"]
+    assert ticks[1] == "noisy\nmIoU 72%\n100.0% labelled" and ticks[3] == "points\nmIoU 100%\n0.1% labelled"
 
 
 def test_figures_split_adaptations_and_label_qualities(runs_csv, quality_csv, tmp_path):

@@ -40,7 +40,8 @@ def task_settings(cfg: dict, task: str, device: torch.device, quick: bool = Fals
     if run is None:
         raise UserError("grid: no run pretrains (grid.pretrain_sizes holds only 0, or no backbone can run "
                         "grid.objectives), so there is no pretraining step to benchmark")
-    s = scale_for_device(stage_settings(cfg, TASKS[task], run), device)
+    stage = run.adaptation if TASKS[task] == "finetune" else TASKS[task]  # a probe-only grid times its probe
+    s = scale_for_device(stage_settings(cfg, stage, run), device)
     if quick:
         s = {**s, "model": {**s["model"], "image_size": QUICK["image_size"]}, "batch_size": QUICK["batch_size"]}
     return s

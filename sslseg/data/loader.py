@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sslseg.data.pack import read_pack
+from sslseg.io import UserError
 
 BLOCK_BATCHES = 32  # a block is batch_size * 32 contiguous rows, and at least MIN_BLOCK_ROWS
 # Sets up to this many rows (Intel's 14k scenes, the 7k pets, pretraining subsets up to 65k)
@@ -71,6 +72,11 @@ class Batches:
             sel = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if self.contiguous else self.rows
             self.arrays = {k: torch.from_numpy(v) for k, v in read_pack(self.pack, sel, self.keys).items()}
             if masks is not None and "masks" in self.arrays:
+                with h5py.File(masks, "r") as f:
+                    shape = f["masks"].shape if "masks" in f else None
+                if shape != (n_all, *self.arrays["masks"].shape[1:]):
+                    raise UserError(f"{masks}: labels of shape {shape} do not match the {n_all} pets of {pack} at "
+                                    f"{self.arrays['masks'].shape[-1]} px; delete it and rerun the weak_labels stage")
                 self.arrays["masks"] = torch.from_numpy(read_pack(masks, sel, ("masks",))["masks"])
             if device.type == "cuda":
                 # The uint8 rows fit the budget: keep them on the GPU and gather batches there,

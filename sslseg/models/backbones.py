@@ -32,6 +32,7 @@ class Backbone(Protocol):
     num_features: int
     reduction: int
     accepts_mask: bool
+    dense_features: bool  # optional class attribute, True when absent (sslseg.grid.FLAGS)
 
     def forward_maps(self, images: torch.Tensor, mask: torch.Tensor | None = None,
                      mask_token: torch.Tensor | None = None) -> torch.Tensor: ...

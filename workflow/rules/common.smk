@@ -154,6 +154,10 @@ def adapted(adaptation):
 
 
 LABEL_KINDS = sorted({r.labels for r in RUNS} - {"full"})  # the generated label sets
+BOTH_ADAPTATIONS = {r.adaptation for r in RUNS} == {
+    "finetune",
+    "probe",
+}  # probe − fine-tune Δ
 
 
 def labels_file(run):
@@ -219,7 +223,7 @@ def all_outputs():
             f"{R}/report/fig_label_quality.png",
             f"{R}/report/label_examples.png",
         ]
-    if {r.adaptation for r in RUNS} == {"finetune", "probe"}:
+    if BOTH_ADAPTATIONS:
         out.append(f"{R}/report/fig_probe_delta.png")
     return out
 

@@ -59,7 +59,7 @@ rule probe:
     resources:
         **res("finetune"),
     params:
-        settings=lambda w: as_json(stage_settings(config, "finetune", BY_RUN[w.run])),
+        settings=lambda w: as_json(stage_settings(config, "probe", BY_RUN[w.run])),
         init=init_flag,
         labels=labels_flag,
     shell:

@@ -13,6 +13,8 @@ rule weak_labels:
         quality=f"{R}/labels/{{kind}}-s{{seed}}.quality.json",
     log:
         f"{R}/logs/weak_labels/{{kind}}-s{{seed}}.log",
+    benchmark:
+        f"{R}/benchmarks/weak_labels/{{kind}}-s{{seed}}.tsv"
     wildcard_constraints:
         kind="|".join(LABEL_KINDS) or "(?!)",
     conda:

@@ -203,7 +203,7 @@ rule label_figures:
                 caption="../report/fig_probe_delta.rst",
                 category="Figures",
             )
-            if f"{R}/report/fig_probe_delta.png" in all_outputs()
+            if BOTH_ADAPTATIONS
             else []
         ),
     log:
@@ -237,6 +237,8 @@ rule label_examples:
         ),
     log:
         f"{R}/logs/label_examples.log",
+    benchmark:
+        f"{R}/benchmarks/label_examples.tsv"
     conda:
         "../../envs/sslseg.yaml"
     params:
