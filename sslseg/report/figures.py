@@ -210,7 +210,7 @@ def fig_label_quality(runs_csv: str, quality_csv: str, out: str, settings: dict)
             ax.errorbar(stats.x, stats["mean"], yerr=stats["sem"].fillna(0), marker="o", capsize=3,
                         ls="--" if probe else "-", color=colours[line.colour.iloc[0]], label=name)
         ax.set_xticks(range(len(kinds)), ticks, fontsize=7)
-        ax.set_xlabel("labels trained on (quality measured against the true trimaps)")
+        ax.set_xlabel("labels trained on (measured quality)")
         ax.set_ylabel("test mIoU (%)")
         ax.set_title(f"{size} fine-tune images")
     axes[-1].legend(title="pretraining", fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
