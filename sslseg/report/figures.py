@@ -85,6 +85,19 @@ def _names(df: pd.DataFrame, drop: list[str]) -> list[str]:
     return names
 
 
+def _delta_axis(ax: plt.Axes, lines: list[tuple[str, tuple, pd.DataFrame]], finetune: pd.Series,
+                ylabel: str) -> None:
+    """Paired Δ rows (delta_mean, delta_se) against fine-tune size: one line per (label, colour,
+    rows), s.e. error bars, a zero line (Fig. 2 and the probe − fine-tune figure)."""
+    for label, colour, part in lines:
+        part = part.sort_values("finetune")
+        ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
+                    color=colour, label=label)
+    ax.axhline(0, color="grey", lw=1)
+    _size_axis(ax, finetune)
+    ax.set_ylabel(ylabel)
+
+
 def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
     """Fig. 1: test mIoU vs fine-tune size, a line per pretraining (and backbone, adaptation),
     error bars = std over seeds; a panel per label quality when there are several."""
@@ -122,13 +135,9 @@ def delta_figure(runs_csv: str, out: str, settings: dict) -> None:
     panels = _by(d, facet)
     fig, axes = _panels(len(panels))
     for ax, (title, panel) in zip(axes, panels):
-        for _, part in panel.groupby(lines, sort=False):
-            part = part.sort_values("finetune")
-            ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
-                        color=colours[part.pretraining.iloc[0]], label=part.pretraining.iloc[0])
-        ax.axhline(0, color="grey", lw=1)
-        _size_axis(ax, d.finetune)
-        ax.set_ylabel("Δ mIoU (%), with − without intermediate")
+        _delta_axis(ax, [(part.pretraining.iloc[0], colours[part.pretraining.iloc[0]], part)
+                         for _, part in panel.groupby(lines, sort=False)],
+                    d.finetune, "Δ mIoU (%), with − without intermediate")
         ax.set_title(f"{title} labels" if title else "")
     axes[0].legend(title="pretraining")
     save(fig, out, settings["dpi"])
@@ -161,13 +170,8 @@ def fig_probe_delta(runs_csv: str, out: str, settings: dict) -> None:
     panels = _by(d, [k for k in cells(d, "labels", "finetune") if d[k].nunique() > 1 or k == "pretrain"])
     fig, axes = _panels(len(panels), (4.5, 3.6))
     for ax, (_, panel) in zip(axes, panels):
-        for kind, line in panel.groupby("labels", sort=False):
-            line = line.sort_values("finetune")
-            ax.errorbar(line.finetune, line.delta_mean, yerr=line.delta_se.fillna(0), marker="o", capsize=3,
-                        color=colours[kind], label=kind)
-        ax.axhline(0, color="grey", lw=1)
-        _size_axis(ax, d.finetune)
-        ax.set_ylabel("Δ mIoU (%), probe − fine-tune")
+        _delta_axis(ax, [(kind, colours[kind], line) for kind, line in panel.groupby("labels", sort=False)],
+                    d.finetune, "Δ mIoU (%), probe − fine-tune")
         ax.set_title(f"pretraining: {panel.panel.iloc[0]}")
     axes[-1].legend(title="labels", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"Probe − fine-tune, mean ± s.e. over {d.seeds.max()} seeds")

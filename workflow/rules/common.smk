@@ -154,15 +154,18 @@ def adapted(adaptation):
 
 
 LABEL_KINDS = sorted({r.labels for r in RUNS} - {"full"})  # the generated label sets
-BOTH_ADAPTATIONS = {r.adaptation for r in RUNS} == {
-    "finetune",
-    "probe",
-}  # probe − fine-tune Δ
+# Both adaptations in the grid: the probe − fine-tune Δ can be drawn.
+BOTH_ADAPTATIONS = {r.adaptation for r in RUNS} == {"finetune", "probe"}
+
+
+def label_set(kind, seed):
+    """Path of one generated label set, without its extension (.h5, .quality.json)."""
+    return f"{R}/labels/{kind}-s{seed}"
 
 
 def labels_file(run):
     """The generated imperfect labels a run trains on (none for the true trimaps)."""
-    return [] if run.labels == "full" else [f"{R}/labels/{run.labels}-s{run.seed}.h5"]
+    return [] if run.labels == "full" else [f"{label_set(run.labels, run.seed)}.h5"]
 
 
 def labels_flag(wildcards, input):
@@ -231,7 +234,7 @@ def all_outputs():
 def label_sets(seeds=None):
     """The generated label packs of the grid (of `seeds`, default all), kind by kind."""
     seeds = config["grid"]["seeds"] if seeds is None else seeds
-    return [f"{R}/labels/{k}-s{s}" for k in LABEL_KINDS for s in seeds]
+    return [label_set(k, s) for k in LABEL_KINDS for s in seeds]
 
 
 # A stage that fails on bad input prints one line, `sslseg <rule>: error: <why>`, into its log
