@@ -10,7 +10,7 @@ LOCK := requirements.lock
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake --workflow-profile workflow/profiles/default
 
-.PHONY: install lock demo test sample sample-b report clean-demo
+.PHONY: install lock demo test sample sample-b fidelity report clean-demo
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	tools/install.sh $(VENV) $(LOCK)
@@ -30,6 +30,10 @@ sample: install
 
 sample-b: install
 	$(SNAKEMAKE) --configfile workflow/configs/sample-b.yaml
+
+fidelity: install
+	$(SNAKEMAKE) --configfile workflow/configs/fidelity.yaml
+	cat results/fidelity/report/published.md
 
 test: install
 	$(PY) -m pytest

@@ -42,10 +42,13 @@ COMMANDS: dict[str, str] = {
     "label_figures": "sslseg.report.figures:label_figures",
     "label_examples": "sslseg.report.labels:label_examples",
     "figures": "sslseg.report.figures:figures",
+    "learning_curves": "sslseg.report.curves:learning_curves",
     "reconstructions": "sslseg.report.figures:reconstructions",
     "segmentations": "sslseg.report.figures:segmentations",
+    "published": "sslseg.report.published:published",
     # not rules: tools for users
     "evaluate_folder": "sslseg.stages.folder:evaluate_folder",
+    "predict_masks": "sslseg.stages.folder:predict_masks",
     "plan": "sslseg.plan:print_plan",
 }
 

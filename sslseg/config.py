@@ -103,9 +103,17 @@ def _check_across_keys(config: dict) -> None:
     smallest = {"pretrain": ("grid.pretrain_sizes", min(used["pretrain"], default=0)),
                 **{a: ("grid.finetune_sizes", min(g["finetune_sizes"])) for a in ("finetune", "probe") if a in used}}
     for stage, (key, n) in smallest.items():
-        if n and config[stage]["batch_size"] > n:
+        if n and config[stage]["drop_last"] and config[stage]["batch_size"] > n:
             raise UserError(f"{stage}.batch_size: {config[stage]['batch_size']} is larger than {key} "
-                            f"{n}, so that run would have no full batch; lower {stage}.batch_size")
+                            f"{n}, so with {stage}.drop_last that run would have no batch; lower "
+                            f"{stage}.batch_size or set {stage}.drop_last false")
+    normed = [b for b in g["backbones"] if grid.backbones()[b].get("batch_norm")]
+    b = config["finetune"]["batch_size"]  # (a probe keeps its frozen BatchNorm in eval mode)
+    single = [n for n in g["finetune_sizes"] if n % b == 1 or b == 1]
+    if "finetune" in used and normed and single and (b == 1 or not config["finetune"]["drop_last"]):
+        raise UserError(f"finetune.batch_size: {b} leaves a last batch of one image for grid.finetune_sizes "
+                        f"{single[0]}, which BatchNorm ({normed[0]}) cannot train on; change the batch "
+                        "or set finetune.drop_last true")
     demo, data = config["data"]["demo"], config["data"]
     intel = 6 * demo["intel_per_class"]  # the demo's intermediate training set: 6 scene classes
     if used["intermediate"] and data["intermediate"]["source"] == "demo" and config["intermediate"]["batch_size"] > intel:

@@ -153,13 +153,14 @@ def wildcard(paths) -> str:
     return "|".join(re.escape(p) for p in sorted(paths)) or "(?!)"
 
 
-FLAGS = {"accepts_mask": False, "dense_features": True}  # class attributes of a family, and their defaults
+# class attributes of a family, and their defaults; batch_norm: cannot train on a batch of one image
+FLAGS = {"accepts_mask": False, "dense_features": True, "batch_norm": False}
 
 
 @functools.cache
 def backbones() -> dict[str, dict[str, bool]]:
     """{backbone preset: {"accepts_mask": takes a patch mask, "dense_features": gives per-location
-    maps}}, read from the `PRESETS` dicts and those class attributes of the family modules in
+    maps, "batch_norm": has BatchNorm layers}}, read from the `PRESETS` dicts and those class attributes of the family modules in
     sslseg/models/ (parsed once, not imported)."""
     out: dict[str, dict[str, bool]] = {}
     for path in sorted(MODELS.glob("*.py")):

@@ -26,8 +26,8 @@ OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch
 def make_optimizer(objective: nn.Module, settings: dict, device: torch.device) -> torch.optim.Optimizer:
     """settings["optimizer"] over the parameters that require a gradient (frozen ones get no
     state), in `parameters()` order; fused kernels on CUDA where torch has them."""
-    params = [p for p in objective.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in objective.named_parameters() if p.requires_grad]
+    if not named:
         raise UserError(f"{settings['stage']}.freeze: every parameter is frozen; nothing is left to train")
     cls = OPTIMIZERS[settings["optimizer"]]
     kwargs = {"lr": settings["lr"], "weight_decay": settings["weight_decay"]}
@@ -35,7 +35,21 @@ def make_optimizer(objective: nn.Module, settings: dict, device: torch.device) -
         kwargs["momentum"] = settings["momentum"]
     if "fused" in inspect.signature(cls).parameters:
         kwargs["fused"] = device.type == "cuda"
-    return cls(params, **kwargs)
+    if not settings.get("wd_exclusions"):
+        return cls([p for _, p in named], **kwargs)
+    skip = [p for n, p in named if no_weight_decay(n, p)]
+    decay = [p for n, p in named if not no_weight_decay(n, p)]
+    groups = [g for g in ({"params": decay}, {"params": skip, "weight_decay": 0.0}) if g["params"]]
+    return cls(groups, **kwargs)
+
+
+NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")  # what microsoft/SimMIM's models list in no_weight_decay()
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    """microsoft/SimMIM optimizer.py set_weight_decay: 1-D parameters (norm weights, biases),
+    any `.bias`, and the position embedding and class/mask tokens get no weight decay."""
+    return param.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 
 def total_steps(settings: dict, steps_per_epoch: int) -> int:

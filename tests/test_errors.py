@@ -31,7 +31,7 @@ def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
 
 def pack_pets(root: Path, out: Path) -> subprocess.CompletedProcess:
     return sslseg("pack-pets", "--root", str(root), "--out", str(out),
-                  "--settings", json.dumps({"image_size": 32, "download": False}))
+                  "--settings", json.dumps({"image_size": 32, "download": False, "resize": "crop"}))
 
 
 def test_missing_dataset_folder(tmp_path):
@@ -99,7 +99,8 @@ BAD_CONFIGS = [
     ("grid: {labels: [scribble]}", "grid.labels.0: 'scribble' is not one of ['full', 'scribbles', 'points', 'noisy']"),
     ("labels: {noisy: {noise: blur}}", "labels.noisy.noise: 'blur' is not one of ['boundary', 'coarse', 'flip']"),
     ("probe: {iterations: 0, epochs: 0}", "probe.epochs: 0 with probe.iterations 0 trains nothing"),
-    ("probe: {batch_size: 300}", "probe.batch_size: 300 is larger than grid.finetune_sizes 250"),
+    ("probe: {batch_size: 300, drop_last: true}", "probe.batch_size: 300 is larger than grid.finetune_sizes 250, so with "
+     "probe.drop_last that run would have no batch"),
     ("finetune: {optimizer: lamb}", "finetune.optimizer: 'lamb' is not one of ['adamw', 'adam', 'sgd']"),
     # not finite: NaN passes every "greater than 0" of the schema
     ("pretrain: {lr: .nan}", "pretrain.lr: nan is not a finite number; give a number"),
@@ -118,7 +119,11 @@ BAD_CONFIGS = [
     ("pretrain: {epochs: 40}", "pretrain.milestones: 50 is not below pretrain.epochs 40"),
     ("intermediate: {iterations: 100, warmup: 100, milestones: []}",
      "intermediate.warmup: 100 is not below intermediate.iterations 100"),
-    ("finetune: {batch_size: 300}", "finetune.batch_size: 300 is larger than grid.finetune_sizes 250"),
+    ("finetune: {batch_size: 300, drop_last: true}", "finetune.batch_size: 300 is larger than grid.finetune_sizes 250"),
+    ("{grid: {backbones: [resnet50], objectives: [simmim], pretrain_sizes: [0], finetune_sizes: [65]}, "
+     "finetune: {batch_size: 64}}", "finetune.batch_size: 64 leaves a last batch of one image for "
+     "grid.finetune_sizes 65, which BatchNorm (resnet50) cannot train on"),
+    ("data: {pets: {resize: letterbox}}", "data.pets.resize: 'letterbox' is not one of ['crop', 'squash']"),
     ("data: {pets: {source: demo}}", "data.demo.pets: 300 generated pets cannot hold data.pets.test_size 1000"),
     ("data: {pretrain: {source: demo}}", "grid.pretrain_sizes: 200000 is larger than data.demo.pretrain 300"),
 ]
@@ -141,6 +146,7 @@ def test_every_config_mistake_is_one_line_naming_the_key(tmp_path, override, lin
     "intermediate: {epochs: 0}\ngrid: {intermediate: [false]}",
     "model: {image_size: 100}\ngrid: {backbones: [resnet18]}",  # no patches, any size
     "pretrain: {epochs: 40, schedule: cosine}",  # milestones are ignored by a cosine schedule
+    "finetune: {batch_size: 300}",  # no labelled image dropped: one short batch of 250
 ])
 def test_what_the_checks_let_through(tmp_path, override):
     from sslseg.config import load_config

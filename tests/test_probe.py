@@ -63,7 +63,7 @@ def _config(tmp_path, extra: dict):
 def tiny_pets(tmp_path, pets_sample):
     from sslseg.stages.data import pack_pets
 
-    pack_pets(str(pets_sample.parent), str(tmp_path / "pets.h5"), {"image_size": 32, "download": False})
+    pack_pets(str(pets_sample.parent), str(tmp_path / "pets.h5"), {"image_size": 32, "download": False, "resize": "crop"})
     np.savetxt(tmp_path / "rows.txt", np.arange(8), fmt="%d")
     return tmp_path
 

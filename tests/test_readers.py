@@ -48,7 +48,7 @@ def test_pretrain_pack_skips_macos_metadata_and_empty_files(imagenet_sample, tmp
     out = tmp_path / "pretrain.h5"
     proc = sslseg("pack_pretrain", "--root", str(imagenet_sample), "--out", str(out), "--settings",
                   json.dumps({"source": "folder", "download": False, "subset": "random", "subset_seed": 0,
-                              "size": 5, "pack_size": 32}))
+                              "size": 5, "pack_size": 32, "resize": "whole"}))
     assert proc.returncode == 0, proc.stderr
     assert sorted(pack_names(out)) == real
     assert warnings(proc.stderr) == [

@@ -155,7 +155,7 @@ def test_bad_settings_are_one_line_errors_naming_the_key(truth, kind, params, ke
 def pets_pack(pets_sample, tmp_path):
     from sslseg.stages.data import pack_pets
 
-    pack_pets(str(pets_sample), str(tmp_path / "pets.h5"), {"image_size": 64, "download": False})
+    pack_pets(str(pets_sample), str(tmp_path / "pets.h5"), {"image_size": 64, "download": False, "resize": "crop"})
     return tmp_path / "pets.h5"
 
 

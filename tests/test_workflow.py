@@ -49,6 +49,13 @@ def test_tiny_run_writes_every_artifact(tiny_run):
     assert ft["init"].endswith("pretrain/viny/simmim-random-16/model.pt")
     assert ft["dropped_keys"] == ["head.proj.bias", "head.proj.weight", "mask_token"]
     assert not list(out.rglob("*.tmp"))
+    # learning curves: a row per training job (1 pretraining, 2 intermediate steps, 16 fine-tunes), a figure per stage
+    conv = pd.read_csv(out / "report" / "convergence.csv")
+    assert conv.stage.value_counts().to_dict() == {"pretrain": 1, "intermediate": 2, "finetune": 16}
+    assert (conv.epochs == conv.stage.map({"pretrain": 2, "intermediate": 1, "finetune": 2})).all()
+    assert conv[conv.epochs > 1].last_10pct_change.notna().all()
+    for stage in ("pretrain", "intermediate", "finetune"):
+        assert (out / "report" / f"fig_curves_{stage}.png").stat().st_size > 1000
 
 
 def test_artifacts_are_readable_by_others_as_the_umask_says(tiny_run):
@@ -92,13 +99,13 @@ def _with_change(wf, section, key, value):
 
 def test_figure_only_change_reruns_only_the_figure_rule(tiny_run):
     jobs = planned_jobs(tiny_run, *_with_change(tiny_run, "report", "style", "ticks"))
-    assert jobs == {"figures": 1, "all": 1}
+    assert jobs == {"figures": 1, "learning_curves": 1, "all": 1}  # the two that draw with the style
 
 
 def test_finetune_change_reruns_finetunes_evaluations_and_report_rules_only(tiny_run):
     jobs = planned_jobs(tiny_run, *_with_change(tiny_run, "finetune", "lr", 1e-3))
     assert jobs == {"finetune": 16, "evaluate": 16, "aggregate": 1, "tables": 1, "figures": 1, "segmentations": 1,
-                    "all": 1}
+                    "learning_curves": 1, "all": 1}
 
 
 @pytest.mark.parametrize("section,key,value", [
@@ -142,10 +149,12 @@ def test_code_change_to_an_imported_module_reruns_every_stage_that_imports_it(ti
     # A module only the report imports reruns the report rules (the example figures' module
     # imports it too) and nothing upstream.
     assert set(_jobs_after_editing(tiny_run, "sslseg/report/tables.py")) == {
-        "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations", "all"}
+        "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations",
+        "learning_curves", "all"}
     # The grid and config code is the workflow's, not a stage's: editing it retrains nothing.
     assert set(_jobs_after_editing(tiny_run, "sslseg/grid.py")) <= {
-        "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations", "all"}
+        "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations",
+        "learning_curves", "all"}
     assert _jobs_after_editing(tiny_run, "sslseg/config.py") == {}
 
 
@@ -223,6 +232,6 @@ def test_probes_and_imperfect_labels_run_as_axes_of_the_grid(tiny_b_run):
     assert "s.e." in (out / "report/tables/study/probe_delta.md").read_text()
     quality = pd.read_csv(out / "report/tables/label_quality.csv")
     assert set(quality.kind) == {"scribbles", "noisy"}
-    for fig in ("fig_label_quality", "fig_probe_delta", "label_examples"):
+    for fig in ("fig_label_quality", "fig_probe_delta", "label_examples", "fig_curves_probe"):
         assert (out / "report" / f"{fig}.png").stat().st_size > 1000
 

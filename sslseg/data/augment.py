@@ -34,23 +34,38 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div_(255)
 
 
+TRIES = 10  # torchvision's RandomResizedCrop.get_params draws up to 10 crops before its fallback
+
+
 def crop_params(b: int, scale: Sequence[float], ratio: Sequence[float], flip: float,
-                gen: torch.Generator) -> torch.Tensor:
+                gen: torch.Generator, aspect: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample affine matrices (B, 2, 3) in normalised coordinates.
 
-    Area fraction ~ U(scale), log aspect ~ U(log ratio) as torchvision's
-    RandomResizedCrop; sides are clipped to the image, the centre is uniform
-    over positions where the crop fits.
+    As torchvision's RandomResizedCrop on the original image: area fraction ~ U(scale) and
+    log aspect ~ U(log ratio), redrawn up to 10 times until the crop fits; else the
+    fallback, a centre crop of the whole image with its aspect ratio clamped into `ratio`.
+    `aspect` (B,): each original's width / height when it was squashed into a square pack
+    (None: the packed image is the original). The position is uniform where the crop fits.
     """
-    u = torch.rand(b, 5, generator=gen)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
-    logr = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
-    w = (area * logr.exp()).sqrt().clamp(max=1.0)
-    h = (area / logr.exp()).sqrt().clamp(max=1.0)
-    cx = (1 - w) * (2 * u[:, 2] - 1)
-    cy = (1 - h) * (2 * u[:, 3] - 1)
-    sign = torch.where(u[:, 4] < flip, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3)
+    dev = torch.device("cpu") if aspect is None else aspect.device  # no device→host copy of `aspect`
+    u = torch.rand(b, TRIES, 2, generator=gen).to(dev)
+    v = torch.rand(b, 3, generator=gen).to(dev)
+    a = torch.ones(b, device=dev) if aspect is None else aspect.float()
+    area = scale[0] + (scale[1] - scale[0]) * u[..., 0]
+    r = (math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]).exp()
+    # a crop of w_px = sqrt(area·W·H·r) of an original W×H is a fraction sqrt(area·r·H/W) of its width
+    w, h = (area * r / a[:, None]).sqrt(), (area * a[:, None] / r).sqrt()
+    fits = (w <= 1) & (h <= 1)
+    first = fits.float().argmax(1, keepdim=True)  # the first draw that fits (0 when none does)
+    w, h, ok = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(1)
+    # fallback: the whole image, narrowed to the nearest allowed aspect ratio, centred
+    fw = torch.where(a > ratio[1], ratio[1] / a, torch.ones_like(a))
+    fh = torch.where(a < ratio[0], a / ratio[0], torch.ones_like(a))
+    w, h = torch.where(ok, w, fw), torch.where(ok, h, fh)
+    cx = torch.where(ok, (1 - w) * (2 * v[:, 0] - 1), torch.zeros_like(w))
+    cy = torch.where(ok, (1 - h) * (2 * v[:, 1] - 1), torch.zeros_like(h))
+    sign = torch.where(v[:, 2] < flip, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
     return theta
@@ -71,13 +86,18 @@ def colour_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> tor
 
 def augment(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
             scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (1.0, 1.0),
-            flip: float = 0.0, jitter: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """uint8 images (B, H, W, 3) [+ masks (B, H, W)] → normalised (B, 3, S, S) [+ long (B, S, S)]."""
+            flip: float = 0.0, jitter: float = 0.0,
+            aspect: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 images (B, H, W, 3) [+ masks (B, H, W)] → normalised (B, 3, S, S) [+ long (B, S, S)].
+    `aspect`: the originals' width / height for squashed packs (see `crop_params`)."""
     x = to_float(images)
     b = x.shape[0]
-    identity = tuple(scale) == (1.0, 1.0) and tuple(ratio) == (1.0, 1.0) and flip <= 0 and x.shape[-1] == size
+    no_crop = tuple(scale) == (1.0, 1.0) and tuple(ratio) == (1.0, 1.0)
+    if no_crop:
+        aspect = None  # the whole packed image, as it was packed: the original's shape is not restored
+    identity = no_crop and flip <= 0 and x.shape[-1] == size
     if not identity:
-        theta = crop_params(b, scale, ratio, flip, gen).to(x.device)
+        theta = crop_params(b, scale, ratio, flip, gen, aspect).to(x.device)
         grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if masks is not None:
@@ -91,7 +111,8 @@ def make_transform(aug: dict, size: int, label_key: str | None) -> Callable[[dic
     """The stage's batched on-device augmentation: uint8 batch → normalised images (+ moved masks)."""
     def apply(raw: dict, gen: torch.Generator) -> dict:
         masks = raw["masks"] if label_key == "masks" else None
-        images, masks = augment(raw["images"], masks, size, gen, aug["scale"], aug["ratio"], aug["flip"], aug["jitter"])
+        images, masks = augment(raw["images"], masks, size, gen, aug["scale"], aug["ratio"], aug["flip"], aug["jitter"],
+                                raw.get("aspect"))
         batch = {"images": images}
         if label_key == "masks":
             batch["masks"] = masks

@@ -2,7 +2,8 @@
 
 Layout of a pack: `images` (N, S, S, 3) uint8; `masks` (N, S, S) uint8 with
 classes 0 pet, 1 background, 2 border (segmentation packs only); `labels` (N,)
-int16 (classification packs); `names` (N,) strings. Chunked by rows so
+int16 (classification packs); `names` (N,) strings; `aspect` (N,) float32, the original
+width / height, in packs of whole (squashed) images. Chunked by rows so
 training reads large contiguous blocks.
 """
 
@@ -34,25 +35,36 @@ def _resize(image: Image.Image, size: int, mode: str, resample: int) -> Image.Im
     return image.crop((left, top, left + size, top + size))
 
 
-def load_record(rec: Record, size: int, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
+MODES = {"squash": "squash", "whole": "squash", "crop": "crop", "centre": "crop"}  # config names → geometry
+
+
+def load_record(rec: Record, size: int, mode: str) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(image, trimap or None, width / height of the original image)."""
     image = open_rgb(rec.image)
     mask = None
     if rec.trimap is not None:
         trimap = Image.fromarray(open_trimap(rec.trimap, image.size))
-        mask = np.asarray(_resize(trimap, size, mode, Image.NEAREST))
-    return np.asarray(_resize(image, size, mode, Image.BILINEAR)), mask
+        mask = np.asarray(_resize(trimap, size, MODES[mode], Image.NEAREST))
+    w, h = image.size
+    return np.asarray(_resize(image, size, MODES[mode], Image.BILINEAR)), mask, w / h
 
 
 def load_arrays(records: Sequence[Record], size: int, mode: str, threads: int = 1) -> dict[str, np.ndarray]:
-    """Decode `records` into in-memory arrays (used by pack and by folder evaluation)."""
+    """Decode `records` into in-memory arrays (used by pack and by folder evaluation). A squashed
+    image keeps its original aspect ratio in "aspect", so a random-resized crop can draw its
+    area and shape relative to the original, as torchvision's does on the full image."""
     out = {"images": np.empty((len(records), size, size, 3), np.uint8)}
     if records and records[0].trimap is not None:
         out["masks"] = np.empty((len(records), size, size), np.uint8)
+    if MODES[mode] == "squash":
+        out["aspect"] = np.empty(len(records), np.float32)
     with ThreadPoolExecutor(max(1, threads)) as pool:  # PIL releases the GIL while decoding
-        for i, (img, mask) in enumerate(pool.map(lambda r: load_record(r, size, mode), records)):
+        for i, (img, mask, aspect) in enumerate(pool.map(lambda r: load_record(r, size, mode), records)):
             out["images"][i] = img
             if mask is not None:
                 out["masks"][i] = mask
+            if "aspect" in out:
+                out["aspect"][i] = aspect
     return out
 
 
@@ -67,6 +79,7 @@ def pack(records: Sequence[Record], out: str | Path, size: int, mode: str = "squ
         chunk = max(1, min(n, 64))
         images = f.create_dataset("images", (n, size, size, 3), np.uint8, chunks=(chunk, size, size, 3))
         masks = f.create_dataset("masks", (n, size, size), np.uint8, chunks=(chunk, size, size)) if seg else None
+        aspect = f.create_dataset("aspect", (n,), np.float32) if MODES[mode] == "squash" else None
         f.create_dataset("labels", data=np.asarray([r.label for r in records], np.int16))
         f.create_dataset("names", data=np.asarray([r.name for r in records], dtype=h5py.string_dtype()))
         for start in range(0, n, BLOCK):
@@ -74,6 +87,8 @@ def pack(records: Sequence[Record], out: str | Path, size: int, mode: str = "squ
             images[start:start + len(block["images"])] = block["images"]
             if masks is not None:
                 masks[start:start + len(block["masks"])] = block["masks"]
+            if aspect is not None:
+                aspect[start:start + len(block["aspect"])] = block["aspect"]
         f.attrs.update({"size": size, "resize": mode, **(attrs or {})})
     return Path(out)
 

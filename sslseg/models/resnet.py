@@ -18,6 +18,7 @@ class ResNetBackbone(ResNet):
     """timm's ResNet; maps come from the last stage (stride 32)."""
 
     accepts_mask = False
+    batch_norm = True  # a training batch of one image fails (sslseg.config checks finetune_sizes)
 
     def __init__(self, name: str, **kwargs):
         super().__init__(num_classes=0, global_pool="", **kwargs)

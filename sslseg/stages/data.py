@@ -15,10 +15,10 @@ from sslseg.io import Output, write_sidecar
 def pack_pets(root: str, out: Output, settings: dict, threads: int = 1) -> None:
     """Oxford-IIIT Pet (official layout) → HDF5 with images and trimap classes 0/1/2.
 
-    settings: image_size, download."""
+    settings: image_size, download, resize (crop | squash)."""
     t0 = time.time()
     records = sources.oxford_pets(root, settings["download"])
-    pack(records, out, settings["image_size"], "squash", threads, {"source": str(root)})
+    pack(records, out, settings["image_size"], settings["resize"], threads, {"source": str(root)})
     write_sidecar(out, "pack_pets", settings, t0, images=len(records))
 
 
@@ -27,14 +27,14 @@ def pack_pretrain(root: str, out: Output, settings: dict, threads: int = 1) -> N
     order, so the first n rows are the subset of size n.
 
     settings: source (folder | imagenette | demo), download, subset (random | stratified),
-    subset_seed, size, pack_size."""
+    subset_seed, size, pack_size, resize (whole | centre)."""
     t0 = time.time()
     if settings["source"] == "imagenette":
         root = str(sources.imagenette(root, settings["download"]))
     records = sources.image_folder(root, None, sources.HINTS["pretrain"])
     records = sources.subset_records(records, settings["size"], settings["subset_seed"], settings["subset"])
     classes = sorted({r.image.parent.name for r in records})
-    pack(records, out, settings["pack_size"], "crop", threads, {"source": str(root), "classes": classes})
+    pack(records, out, settings["pack_size"], settings["resize"], threads, {"source": str(root), "classes": classes})
     write_sidecar(out, "pack_pretrain", settings, t0, images=len(records))
 
 

@@ -25,8 +25,9 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
            settings: dict, runtime: dict, out: str, log: str, labels: str | None = None) -> dict:
     device = pick_device(settings["device"])
     settings = scale_for_device(settings, device)
-    keys = ("images",) + ((label_key,) if label_key else ())
-    batches = Batches(pack_file, rows, settings["batch_size"], device, keys, runtime["memory_gb"], masks=labels)
+    keys = ("images", "aspect") + ((label_key,) if label_key else ())  # "aspect": packs of whole images only
+    batches = Batches(pack_file, rows, settings["batch_size"], device, keys, runtime["memory_gb"],
+                      drop_last=settings["drop_last"], masks=labels)
     transform = make_transform(settings["augment"], settings["model"]["image_size"], label_key)
     resume = Path(out).with_name(f".{Path(out).name}.resume")
     stats = fit(objective, batches, transform, settings, runtime=runtime, name=settings["stage"],

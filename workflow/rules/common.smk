@@ -212,6 +212,7 @@ def all_outputs():
         f"{R}/report/runs.csv",
         f"{R}/report/tables/summary.csv",
         f"{R}/report/fig_miou.png",
+        f"{R}/report/published.md",
     ]
     out.append(f"{R}/report/segmentations.png")
     if PRETRAINED:
@@ -228,7 +229,15 @@ def all_outputs():
         ]
     if BOTH_ADAPTATIONS:
         out.append(f"{R}/report/fig_probe_delta.png")
+    out.append(f"{R}/report/convergence.csv")
+    out += [f"{R}/report/fig_curves_{s}.png" for s in training_stages()]
     return out
+
+
+def training_stages():
+    """The grid's training stages, a learning-curve figure each (sslseg.report.curves)."""
+    stages = ["pretrain"] * bool(PRETRAINED) + ["intermediate"] * bool(INTERMEDIATE)
+    return stages + [a for a in ("finetune", "probe") if adapted(a)]
 
 
 def label_sets(seeds=None):

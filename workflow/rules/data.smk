@@ -71,6 +71,7 @@ rule pack_pets:
             {
                 "image_size": config["model"]["image_size"],
                 "download": config["data"]["pets"]["download"],
+                "resize": config["data"]["pets"]["resize"],
             }
         ),
     shell:
@@ -101,7 +102,7 @@ rule pack_pretrain:
         settings=lambda w: as_json(
             {
                 k: config["data"]["pretrain"][k]
-                for k in ("source", "download", "subset_seed", "pack_size")
+                for k in ("source", "download", "subset_seed", "pack_size", "resize")
             }
             | {
                 "subset": w.data,

@@ -7,8 +7,10 @@ localrules:
     intermediate_accuracies,
     tables,
     figures,
+    learning_curves,
     label_quality,
     label_figures,
+    published,
 
 
 rule aggregate:
@@ -98,6 +100,47 @@ rule figures:
         delta=lambda w, output: f"--delta-out {output.delta}" if output.delta else "",
     shell:
         "python -m sslseg figures --runs {input.runs} --out {output.miou} {params.delta}"
+        " --settings {params.settings:q} > {log} 2>&1"
+
+
+# Per-epoch training loss of every training job (validation mIoU where logged), a figure per
+# stage, and how flat each loss is at its end. The jobs are listed from the grid (as aggregate
+# does), not on the command line, which has no room for thousands of paths.
+rule learning_curves:
+    input:
+        pretrain=[f"{R}/pretrain/{d}/log.csv" for d in PRETRAINED],
+        intermediate=[f"{R}/intermediate/{d}/log.csv" for d in INTERMEDIATE],
+        runs=[f"{d}/log.csv" for d in run_dirs()],
+        code=code("learning_curves"),
+    output:
+        convergence=report(
+            f"{R}/report/convergence.csv",
+            caption="../report/convergence.rst",
+            category="Tables",
+        ),
+        figures=[
+            report(
+                f"{R}/report/fig_curves_{s}.png",
+                caption="../report/fig_curves.rst",
+                category="Figures",
+            )
+            for s in training_stages()
+        ],
+        pdfs=[f"{R}/report/fig_curves_{s}.pdf" for s in training_stages()],
+    log:
+        f"{R}/logs/learning_curves.log",
+    conda:
+        "../../envs/sslseg.yaml"
+    params:
+        # results/<name> read off the inputs as Snakemake sees them (as runs_root does)
+        root=lambda w, input: input.runs[0][
+            : -len(f"runs/{next(iter(BY_RUN))}/log.csv")
+        ].rstrip(os.sep),
+        grid=as_json(config["grid"]),
+        outdir=lambda w, output: os.path.dirname(output.convergence),
+        settings=report_settings("style", "dpi"),
+    shell:
+        "python -m sslseg learning_curves --root {params.root} --grid {params.grid:q} --outdir {params.outdir}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 
@@ -246,3 +289,22 @@ rule label_examples:
     shell:
         "python -m sslseg label_examples --pets {input.pets} --pool {input.pool} --labels {input.labels}"
         " --out {output} --report {params.report:q} > {log} 2>&1"
+
+
+rule published:
+    input:
+        runs=rules.aggregate.output[0],
+        code=code("published"),
+    output:
+        csv=f"{R}/report/published.csv",
+        md=report(
+            f"{R}/report/published.md",
+            caption="../report/published.rst",
+            category="Tables",
+        ),
+    log:
+        f"{R}/logs/published.log",
+    conda:
+        "../../envs/sslseg.yaml"
+    shell:
+        "python -m sslseg published --runs {input.runs} --out {output.csv} --md {output.md} > {log} 2>&1"
