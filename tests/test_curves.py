@@ -81,8 +81,8 @@ def test_a_job_without_epochs_is_a_row_and_a_missing_log_names_itself(tmp_path):
     grid = {**GRID, "pretrain_sizes": [16], "intermediate": [False], "adaptations": ["finetune"], "seeds": [0]}
     root, out = tmp_path / "results", tmp_path / "report"
     jobs = training_jobs(str(root), grid)
-    write_log(Path(jobs[0][3]), [])  # a pretraining that trained no epoch: only the header
-    (Path(jobs[0][3])).write_text("epoch\n")
+    Path(jobs[0][3]).parent.mkdir(parents=True)
+    Path(jobs[0][3]).write_text("epoch\n")  # a pretraining that trained no epoch: sslseg.train writes only this
     with pytest.raises(UserError, match="finetune-full-n4-s0/log.csv: training log not found"):
         learning_curves(str(root), grid, str(out), SETTINGS)
     write_log(Path(jobs[1][3]), [1.0, 0.5])

@@ -105,7 +105,7 @@ def test_figure_only_change_reruns_only_the_figure_rule(tiny_run):
 def test_finetune_change_reruns_finetunes_evaluations_and_report_rules_only(tiny_run):
     jobs = planned_jobs(tiny_run, *_with_change(tiny_run, "finetune", "lr", 1e-3))
     assert jobs == {"finetune": 16, "evaluate": 16, "aggregate": 1, "tables": 1, "figures": 1, "segmentations": 1,
-                    "learning_curves": 1, "all": 1}
+                    "learning_curves": 1, "published": 1, "all": 1}
 
 
 @pytest.mark.parametrize("section,key,value", [
@@ -150,11 +150,11 @@ def test_code_change_to_an_imported_module_reruns_every_stage_that_imports_it(ti
     # imports it too) and nothing upstream.
     assert set(_jobs_after_editing(tiny_run, "sslseg/report/tables.py")) == {
         "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations",
-        "learning_curves", "all"}
+        "learning_curves", "published", "all"}
     # The grid and config code is the workflow's, not a stage's: editing it retrains nothing.
     assert set(_jobs_after_editing(tiny_run, "sslseg/grid.py")) <= {
         "aggregate", "intermediate_accuracies", "tables", "figures", "reconstructions", "segmentations",
-        "learning_curves", "all"}
+        "learning_curves", "published", "all"}
     assert _jobs_after_editing(tiny_run, "sslseg/config.py") == {}
 
 

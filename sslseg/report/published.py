@@ -19,6 +19,7 @@ from sslseg.io import Output, UserError, atomic_path
 
 PUBLISHED = Path(__file__).with_name("published.csv")
 STUDY_A = {"backbone": "viny", "objective": "simmim", "data": "random", "adaptation": "finetune", "labels": "full"}
+PRETRAINING = ("objective", "data")
 WITHIN = 2.0  # combined standard deviations
 
 
@@ -30,8 +31,11 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (pretrain, intermediate, finetune) cell that both we and the paper ran."""
     mine = runs
     for axis, value in STUDY_A.items():
-        if axis in mine:
+        if axis in mine and axis not in PRETRAINING:
             mine = mine[mine[axis] == value]
+    for axis in PRETRAINING:  # the baseline has no objective and no pretraining data
+        if axis in mine:
+            mine = mine[(mine.pretrain == 0) | (mine[axis] == STUDY_A[axis])]
     if mine.empty:
         return pd.DataFrame()
     mine = mine.assign(acc=mine.pixel_acc * 100, miou_pct=mine.miou * 100, intermediate=mine.intermediate.astype(bool))

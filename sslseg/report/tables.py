@@ -78,9 +78,30 @@ def paired_delta(runs: pd.DataFrame, axis: str, base, other) -> pd.DataFrame:
     if not {base, other} <= set(wide.columns):
         return pd.DataFrame(columns=keys + ["delta_mean", "delta_se", "seeds"])
     d = ((wide[other] - wide[base]) * 100).dropna().rename("delta").reset_index()
+    return _mean_se(d, keys)
+
+
+def _mean_se(d: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per cell of `keys`: mean and standard error of the paired differences `d.delta`, their
+    count, and whether the mean lies beyond 2 s.e. of 0 (False with one seed: no s.e.)."""
     g = d.groupby(keys).delta
     out = pd.DataFrame({"delta_mean": g.mean(), "delta_se": g.std(ddof=1) / np.sqrt(g.count()), "seeds": g.count()})
+    out["beyond_2se"] = out.delta_mean.abs() > 2 * out.delta_se.fillna(np.inf)
     return out.reset_index()
+
+
+def pretrain_delta(runs: pd.DataFrame) -> pd.DataFrame:
+    """Δ mIoU (%) pretrained − no pretraining, for each pretraining (objective, data, size),
+    paired by seed and every downstream axis (the same fine-tune subset and training seed); mean
+    ± s.e. The baseline has no objective or data, so they are not pairing keys here."""
+    down = [k for k in cells(runs, "objective", "data", "pretrain") if k in runs] + ["seed"]
+    if "pretrain" not in runs or not (runs.pretrain == 0).any() or not (runs.pretrain > 0).any():
+        return pd.DataFrame(columns=["objective", "data", "pretrain", *down[:-1], "delta_mean", "delta_se", "seeds"])
+    base = runs[runs.pretrain == 0][down + ["miou"]].rename(columns={"miou": "base"})
+    pre = runs[runs.pretrain > 0].merge(base, on=down)
+    d = pre.assign(delta=(pre.miou - pre.base) * 100)
+    keys = [k for k in ("backbone", "objective", "data", "pretrain") if k in d] + [k for k in down[:-1] if k != "backbone"]
+    return _mean_se(d, keys)
 
 
 def delta(runs: pd.DataFrame) -> pd.DataFrame:
@@ -163,6 +184,16 @@ def tables(runs: str, outdir: Output) -> None:
         _write_md(out / f"{name}.md", f"**{title}** (mean ± std over seeds, ddof 1)", table, source)
     d = delta(runs)
     write_csv(d, out / "delta.csv")
+    if len(d):
+        _write_md(out / "delta.md", f"**Δ mIoU (%), with − without the intermediate step, by pretraining and "
+                  f"fine-tune size** (paired by seed; mean ± s.e. over {_seeds(d.seeds)} seeds; * beyond 2 s.e.)",
+                  _delta_table(d), source)
+    pre = pretrain_delta(runs)
+    write_csv(pre, out / "pretrain_delta.csv")
+    if len(pre):
+        _write_md(out / "pretrain_delta.md", f"**Δ mIoU (%), pretrained − no pretraining, by fine-tune size** "
+                  f"(paired by seed; mean ± s.e. over {_seeds(pre.seeds)} seeds; * beyond 2 s.e.)",
+                  _delta_table(pre), source)
     probe = probe_delta(runs)
     if len(probe):  # both adaptations in the grid
         write_csv(probe, out / "probe_delta.csv")
@@ -178,6 +209,18 @@ def _seeds(n: pd.Series) -> str:
 def _write_md(path: Path, header: str, table: pd.DataFrame, footer: str = "") -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(f"{header}\n\n" + (_markdown(table) if len(table) else "(no runs)\n") + footer)
+
+
+def _delta_table(d: pd.DataFrame) -> pd.DataFrame:
+    """A paired Δ for reading: its varying axes, the Δ as mean ± s.e. (* beyond 2 s.e.), seeds."""
+    varying = {k: d[k].values for k in cells(d, "pretrain", "finetune") if d[k].nunique() > 1}
+    return pd.DataFrame({
+        **varying,
+        "# Pre-train": pretrain_labels(d),
+        "# Fine-tune": d.finetune.values,
+        "Δ mIoU (%)": [_pm(m, s) + (" *" if b else "") for m, s, b in zip(d.delta_mean, d.delta_se, d.beyond_2se)],
+        "Seeds": d.seeds.values,
+    })
 
 
 def _probe_table(probe: pd.DataFrame) -> pd.DataFrame:
