@@ -35,7 +35,7 @@ def make_optimizer(objective: nn.Module, settings: dict, device: torch.device) -
         kwargs["momentum"] = settings["momentum"]
     if "fused" in inspect.signature(cls).parameters:
         kwargs["fused"] = device.type == "cuda"
-    if not settings.get("wd_exclusions"):
+    if not settings["wd_exclusions"]:
         return cls([p for _, p in named], **kwargs)
     skip = [p for n, p in named if no_weight_decay(n, p)]
     decay = [p for n, p in named if not no_weight_decay(n, p)]
@@ -43,12 +43,13 @@ def make_optimizer(objective: nn.Module, settings: dict, device: torch.device) -
     return cls(groups, **kwargs)
 
 
-NO_DECAY_NAMES = ("pos_embed", "cls_token", "mask_token")  # what microsoft/SimMIM's models list in no_weight_decay()
+NO_DECAY_NAMES = ("pos_embed", "cls_token")  # microsoft/SimMIM's ViT's no_weight_decay() (its mask token decays)
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """microsoft/SimMIM optimizer.py set_weight_decay: 1-D parameters (norm weights, biases),
-    any `.bias`, and the position embedding and class/mask tokens get no weight decay."""
+    """microsoft/SimMIM optimizer.py (get_pretrain_param_groups): 1-D parameters (norm weights,
+    biases), any `.bias`, and its ViT's no_weight_decay() names (position embedding, class
+    token) get no weight decay."""
     return param.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in NO_DECAY_NAMES
 
 

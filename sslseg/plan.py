@@ -31,11 +31,12 @@ STAGES = {"pack": ("pack", "pack"), "pretrain": ("pretrain", "a_simmim"), "inter
 
 
 def _image_steps(n: int, s: dict) -> int:
-    """Images one training job pushes through its step: whole batches only (fit drops the last
-    partial one), every epoch, or `iterations` batches with an iteration budget."""
+    """Images one training job pushes through its step: every epoch, all `n` images (the last
+    batch short) or whole batches only (`drop_last`); or `iterations` batches with an iteration
+    budget (counted as full batches)."""
     if s["iterations"]:
         return s["iterations"] * s["batch_size"]
-    return n // s["batch_size"] * s["batch_size"] * s["epochs"]
+    return (n // s["batch_size"] * s["batch_size"] if s["drop_last"] else n) * s["epochs"]
 
 
 def _count_images(folder: Path) -> int | None:

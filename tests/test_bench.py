@@ -77,7 +77,10 @@ def test_plan_uses_the_packed_size_whole_batches_and_scales_by_model(tmp_path):
     with h5py.File(data / "intermediate_train.h5", "w") as f:
         f["images"] = np.zeros((30, 4, 4, 3), np.uint8)
     work = count_work(cfg, "cpu", tmp_path)
-    assert work["intermediate"]["largest"] == 24  # 30 packed, batch 8: 3 whole batches
+    assert work["intermediate"]["largest"] == 30  # 30 packed, batch 8: every labelled image (drop_last false)
+    dropping = count_work(load_config(ROOT / "config.yaml", TINY) | {"intermediate": {**cfg["intermediate"], "drop_last": True}},
+                          "cpu", tmp_path)
+    assert dropping["intermediate"]["largest"] == 24  # 3 whole batches
     here = {**cfg["model"], "backbone": cfg["grid"]["backbones"][0], "compile": False}
     bench = {"device": "cpu", "compile_s": {}, "measurements": {k: {"images_per_s": 10.0} for k in MEASUREMENTS},
              "settings": {t: here for t in ("simmim", "finetune")}}

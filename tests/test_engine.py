@@ -46,7 +46,7 @@ def settings_for(**over) -> dict:
     """A complete training stage's settings, as the schema fills them."""
     s = dict(stage="finetune", epochs=3, iterations=0, batch_size=4, optimizer="adamw", momentum=0.9, lr=1e-2,
              weight_decay=1e-4, schedule="multistep", milestones=[2], gamma=0.5, warmup=0, freeze=[], seed=0,
-             compile=False, amp="none")
+             compile=False, amp="none", wd_exclusions=False, drop_last=True)
     s.update(over)
     return s
 

@@ -54,7 +54,7 @@ def test_masks_scored_against_the_trimaps_give_evaluate_folders_metrics(tmp_path
     records = oxford_pets(pets_sample)
     # the trimaps resized as the README says: as the config's data.pets.resize, nearest
     resize = load_config(CONFIG["config"], CONFIG["configfile"])["data"]["pets"]["resize"]
-    assert resize == "crop"  # the default, seed 001's resize-and-crop
+    assert resize == "crop"  # the default, seed 000's resize-and-crop
     arrays = load_arrays(records, SIZE, resize)
     masks, overlays = [], []
     for rec in records:
@@ -108,3 +108,26 @@ def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, pets_samp
     assert stopped.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"sslseg predict_masks: error: {tmp_path / 'taken'}: is a file, not a folder; choose another output folder"]
+
+
+def test_images_are_made_square_as_the_checkpoint_was_trained(tmp_path, segmenter, pets_sample):
+    """A checkpoint records how its training pets were made square (data.pets.resize); scoring
+    new images follows it, whatever the config says now."""
+    from sslseg.models.checkpoint import read_checkpoint, save_checkpoint
+    from sslseg.objectives import build_objective
+
+    state = read_checkpoint(segmenter)
+    squashed = tmp_path / "squashed.pt"
+    seg = build_objective("segment", {"model": state["meta"]["settings"]["model"], "classes": 3, "dropout": 0.0,
+                                      "head": "pixel"})
+    seg.load_state_dict(state["model"])
+    save_checkpoint(squashed, seg, {**state["meta"], "input_resize": "squash"})
+    main(["predict_masks", "--ckpt", str(squashed), "--root", str(pets_sample), "--out", str(tmp_path / "m"),
+          "--config", CONFIG["config"], "--configfile", CONFIG["configfile"]])
+    records = oxford_pets(pets_sample)
+    pred = np.stack([np.asarray(Image.open(tmp_path / "m" / f"{r.name}.png")) for r in records])
+    acc, miou = numpy_scores(pred, load_arrays(records, SIZE, "squash")["masks"])
+    scores = evaluate_folder(str(squashed), str(pets_sample), **CONFIG)
+    assert (acc, miou) == (scores["pixel_acc"], scores["miou"])
+    assert json.loads((tmp_path / "m" / "classes.json").read_text())["resize"] == "squash"
+    assert scores["pixel_acc"] != evaluate_folder(segmenter, str(pets_sample), **CONFIG)["pixel_acc"]

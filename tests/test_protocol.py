@@ -73,7 +73,7 @@ def test_crop_area_and_shape_are_drawn_relative_to_the_original(original):
     assert original == 2.0 or ((theta[:, 0, 2] - w) < -0.99).any()
 
 
-def test_simmim_default_crops_reach_the_edges_of_the_whole_image(tmp_path):
+def test_simmim_default_crops_move_over_the_whole_image(tmp_path):
     cfg = load_config(ROOT / "config.yaml")
     aug = cfg["pretrain"]["augment"]
     assert cfg["data"]["pretrain"]["resize"] == "whole"
@@ -110,11 +110,36 @@ def test_no_labelled_image_is_dropped_in_an_epoch(tmp_path):
     assert stats["steps"] == 9 and len(stats["history"]) == 3
 
 
-def test_finetune_stage_settings_carry_drop_last():
+RUN = Run(backbone="viny", objective="simmim", data="random", pretrain=45000, intermediate=False,
+          adaptation="finetune", labels="full", finetune=250, seed=0)
+
+
+def test_stage_settings_carry_drop_last_and_wd_exclusions():
     cfg = load_config(ROOT / "config.yaml")
-    run = Run(backbone="viny", objective="simmim", data="random", pretrain=0, intermediate=False,
-              adaptation="finetune", labels="full", finetune=250, seed=0)
-    assert stage_settings(cfg, "finetune", run)["drop_last"] is False
+    assert stage_settings(cfg, "finetune", RUN)["drop_last"] is False
+    assert stage_settings(cfg, "pretrain", RUN)["wd_exclusions"] is True
+    assert stage_settings(cfg, "finetune", RUN)["wd_exclusions"] is False
+
+
+def test_the_finetune_stage_trains_on_every_pet_every_epoch(pets_sample, tmp_path):
+    """Through the real stage (settings as the workflow passes them): 10 pets at batch 4 are 3
+    steps an epoch, not 2."""
+    from sslseg.data.splits import write_rows
+    from sslseg.io import read_json
+    from sslseg.stages.data import pack_pets
+    from sslseg.stages.train import finetune
+
+    cfg = load_config(ROOT / "config.yaml", ROOT / "workflow/configs/tiny.yaml")
+    pack_pets(str(pets_sample), str(tmp_path / "pets.h5"), {"image_size": 32, "download": False, "resize": "crop"})
+    write_rows(tmp_path / "rows.txt", np.arange(10))
+    settings = {**stage_settings(cfg, "finetune", RUN), "batch_size": 4, "epochs": 2, "iterations": 0, "milestones": []}
+    finetune(str(tmp_path / "pets.h5"), str(tmp_path / "rows.txt"), str(tmp_path / "model.pt"), str(tmp_path / "log.csv"),
+             settings, {"log_every": 10, "checkpoint_every": 10, "memory_gb": 1.0, "progress": False})
+    side = read_json(tmp_path / "model.pt.json")
+    assert side["images"] == 10 and side["steps"] == 2 * 3
+    from sslseg.models.checkpoint import read_checkpoint
+
+    assert read_checkpoint(tmp_path / "model.pt")["meta"]["input_resize"] == "crop"  # for tools scoring new images
 
 
 def _simmim(wd_exclusions: bool):
@@ -129,8 +154,9 @@ def test_weight_decay_exclusions_follow_simmim():
     names = {id(p): n for n, p in objective.named_parameters()}
     skipped = {names[id(p)] for g in opt.param_groups if g["weight_decay"] == 0 for p in g["params"]}
     decayed = {names[id(p)] for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
-    assert {"mask_token", "backbone.pos_embed", "backbone.cls_token"} <= skipped
-    assert all(n.endswith(".bias") or "norm" in n or n in ("mask_token", "backbone.pos_embed", "backbone.cls_token")
+    assert {"backbone.pos_embed", "backbone.cls_token"} <= skipped
+    assert "mask_token" in decayed  # microsoft/SimMIM's ViT decays it (only its Swin lists it)
+    assert all(n.endswith(".bias") or "norm" in n or n in ("backbone.pos_embed", "backbone.cls_token")
                for n in skipped)
     assert any(n.endswith("qkv.weight") for n in decayed) and not any(n.endswith(".bias") for n in decayed)
     assert len(skipped) + len(decayed) == len(names)
@@ -167,11 +193,15 @@ def test_pets_are_resized_and_cropped_by_default(pets_sample, tmp_path):
         w, h = Image.open(rec.image).size
         if w != h:
             assert not np.array_equal(crop["masks"][i], squash["masks"][i])
-        # centre crop: the photo resized so its shorter side is 64, the middle 64 px kept
+        # centre crop: the photo resized so its shorter side is 64, the middle 64 px kept; the
+        # trimap (nearest) cut by the same box, its classes 1/2/3 → 0 pet, 1 background, 2 border
         s = 64 / min(w, h)
-        big = Image.open(rec.image).convert("RGB").resize((max(64, round(w * s)), max(64, round(h * s))), Image.BILINEAR)
-        left, top = (big.width - 64) // 2, (big.height - 64) // 2
-        assert np.array_equal(crop["images"][i], np.asarray(big.crop((left, top, left + 64, top + 64))))
+        size = (max(64, round(w * s)), max(64, round(h * s)))
+        box = ((size[0] - 64) // 2, (size[1] - 64) // 2, (size[0] - 64) // 2 + 64, (size[1] - 64) // 2 + 64)
+        big = Image.open(rec.image).convert("RGB").resize(size, Image.BILINEAR)
+        assert np.array_equal(crop["images"][i], np.asarray(big.crop(box)))
+        trimap = Image.open(rec.trimap).resize(size, Image.NEAREST).crop(box)
+        assert np.array_equal(crop["masks"][i], np.asarray(trimap).astype(np.uint8) - 1)
 
 
 def test_intermediate_adds_mixup_not_a_crop():

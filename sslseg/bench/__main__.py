@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
         pack_size = 36 if args.quick else cfg["data"]["pretrain"]["pack_size"]
         result["measurements"]["pack"] = bench_pack(cfg, records, root / "pretrain.h5", pack_size, **timing)
         pets_size = task_settings(cfg, "finetune", device, args.quick)["model"]["image_size"]
-        pack(records, root / "pets.h5", pets_size, "squash", 1)  # as pack_pets: squashed to the model size
+        pack(records, root / "pets.h5", pets_size, cfg["data"]["pets"]["resize"], 1)  # as pack_pets
         data = {"simmim": root / "pretrain.h5", "finetune": root / "pets.h5", "records": records, "root": root,
                 "sizes": {"simmim": pack_size, "finetune": pets_size}}
         for task in TASKS:

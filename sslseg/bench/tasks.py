@@ -87,7 +87,8 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, second
     step_fn = torch.compile(objective) if compiled else objective
     label = "masks" if task == "finetune" else None
     bs, amp, log_every = s["batch_size"], s["amp"], runtime["log_every"]
-    batches = Batches(data[task], None, bs, device, ("images",) + ((label,) if label else ()), runtime["memory_gb"])
+    keys = ("images", "aspect") + ((label,) if label else ())  # as the training stage reads them
+    batches = Batches(data[task], None, bs, device, keys, runtime["memory_gb"])
     transform, gen = make_transform(s["augment"], s["model"]["image_size"], label), torch.Generator().manual_seed(0)
     raws = _forever(batches)
     fixed = transform(next(raws), gen)
@@ -166,7 +167,7 @@ def bench_pack(cfg: dict, records: list[Record], out: Path, size: int, *, second
     plain = [Record(r.name, r.image, None, r.label) for r in records]
 
     def run() -> int:
-        pack(plain, out, size, "crop", threads)
+        pack(plain, out, size, cfg["data"]["pretrain"]["resize"], threads)  # as pack_pretrain
         return len(plain)
 
     r = interleaved({"pack": run}, seconds, 1, torch.device("cpu"), status_kb("VmRSS"))["pack"]

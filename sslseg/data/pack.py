@@ -109,6 +109,12 @@ def read_pack(path: str | Path, rows: np.ndarray | slice | None = None, keys: Se
         raise UserError(f"{path}: corrupt or truncated HDF5 ({e}); delete it and rerun the pack stage") from None
 
 
+def pack_attrs(path: str | Path) -> dict:
+    """The pack's attributes (size, resize, source, ...)."""
+    with h5py.File(path, "r") as f:
+        return dict(f.attrs)
+
+
 def pack_length(path: str | Path) -> int:
     try:
         with h5py.File(path, "r") as f:

@@ -39,7 +39,8 @@ def trained_settings(ckpt: str, meta: dict, settings: dict, stages: tuple[str, .
         raise UserError(f"{ckpt}: its meta records no model settings; was it written by sslseg? rerun its stage")
     trained = meta["settings"] if made_by == "pretrain" else \
         {k: meta["settings"][k] for k in ARCHITECTURE if k in meta["settings"]}
-    return {**settings, **trained, "trained_by": made_by}
+    resize = {"input_resize": meta["input_resize"]} if meta.get("input_resize") else {}
+    return {**settings, **trained, **resize, "trained_by": made_by}
 
 
 def load_for_eval(ckpt: str, settings: dict) -> tuple[torch.nn.Module, dict]:

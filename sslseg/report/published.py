@@ -63,7 +63,8 @@ def markdown(table: pd.DataFrame) -> str:
         return ("No cell of this grid is one of seed 001's published cells (Tables 1, A2, A3: viny, simmim, "
                 "pretraining 0/45k/100k/200k, fine-tune 250–6000, full fine-tune on true trimaps).\n")
     lines = [f"**Ours beside seed 001** (mean ± std over seeds, ddof 1 for ours; Δ = ours − published, "
-             f"z = Δ / √(s_ours² + s_paper²); ✓ when |z| ≤ {WITHIN:g} for both metrics)", "",
+             f"z = Δ / √(s_ours² + s_paper²), in single-run standard deviations (the s.e. of two 3-seed means "
+             f"is √3 smaller); ✓ when |z| ≤ {WITHIN:g} for both metrics)", "",
              "| Table | # Pre-train | Intermediate | # Fine-tune | Seeds | Accuracy ours | published | Δ (z) "
              "| mIoU ours | published | Δ (z) | |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

@@ -98,7 +98,7 @@ def pretrain_delta(runs: pd.DataFrame) -> pd.DataFrame:
     if "pretrain" not in runs or not (runs.pretrain == 0).any() or not (runs.pretrain > 0).any():
         return pd.DataFrame(columns=["objective", "data", "pretrain", *down[:-1], "delta_mean", "delta_se", "seeds"])
     base = runs[runs.pretrain == 0][down + ["miou"]].rename(columns={"miou": "base"})
-    pre = runs[runs.pretrain > 0].merge(base, on=down)
+    pre = runs[runs.pretrain > 0].merge(base, on=down, validate="many_to_one")  # one baseline per pairing
     d = pre.assign(delta=(pre.miou - pre.base) * 100)
     keys = [k for k in ("backbone", "objective", "data", "pretrain") if k in d] + [k for k in down[:-1] if k != "backbone"]
     return _mean_se(d, keys)
@@ -192,7 +192,8 @@ def tables(runs: str, outdir: Output) -> None:
     write_csv(pre, out / "pretrain_delta.csv")
     if len(pre):
         _write_md(out / "pretrain_delta.md", f"**Δ mIoU (%), pretrained − no pretraining, by fine-tune size** "
-                  f"(paired by seed; mean ± s.e. over {_seeds(pre.seeds)} seeds; * beyond 2 s.e.)",
+                  f"(paired by fine-tune seed; mean ± s.e. over {_seeds(pre.seeds)} seeds; * beyond 2 s.e.; one "
+                  "pretraining run per cell, so the s.e. holds the fine-tunes' spread, not the pretraining's)",
                   _delta_table(pre), source)
     probe = probe_delta(runs)
     if len(probe):  # both adaptations in the grid

@@ -24,14 +24,15 @@ OVERLAY_ALPHA = 0.5  # weight of the class colour over the image in `<name>_over
 
 def _load(ckpt: str, config: str, configfile: str | None, threads: int) -> tuple[torch.nn.Module, dict, str]:
     """The segmenter in `ckpt`, built with the settings it records; device, batch size and AMP
-    from the config, and how a photo becomes the model's square (data.pets.resize), as the
-    workflow's own evaluation packs the test pets."""
+    from the config, and how a photo becomes the model's square: as its training pets were
+    (recorded in the checkpoint; for an older checkpoint, the config's data.pets.resize)."""
     torch.set_num_threads(threads)
     cfg = load_config(config, configfile)
     model, settings = load_for_eval(ckpt, eval_settings(cfg, cfg["grid"]["backbones"][0]))
     m = settings["model"]
     print(f"{ckpt}: {settings['trained_by']} checkpoint, {m['backbone']} at {m['image_size']} px", file=sys.stderr)
-    return model, settings, cfg["data"]["pets"]["resize"]
+    resize = settings.get("input_resize") or cfg["data"]["pets"]["resize"]  # what it was trained on
+    return model, settings, resize
 
 
 def evaluate_folder(ckpt: str, root: str, out: Output | None = None, config: str = "config.yaml",

@@ -11,7 +11,7 @@ import torch
 
 from sslseg.data.augment import make_transform
 from sslseg.data.loader import Batches
-from sslseg.data.pack import pack_length
+from sslseg.data.pack import pack_attrs, pack_length
 from sslseg.data.splits import read_rows
 from sslseg.io import Output, UserError, write_sidecar
 from sslseg.models.checkpoint import load_backbone, save_checkpoint
@@ -32,7 +32,10 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
     resume = Path(out).with_name(f".{Path(out).name}.resume")
     stats = fit(objective, batches, transform, settings, runtime=runtime, name=settings["stage"],
                 resume_path=resume, log_path=Path(log))
-    save_checkpoint(out, objective, {"stage": settings["stage"], "settings": settings})
+    # how the training images were made square (data.*.resize), so tools scoring new images
+    # (evaluate_folder, predict_masks) prepare them the same way
+    resize = pack_attrs(pack_file).get("resize")
+    save_checkpoint(out, objective, {"stage": settings["stage"], "settings": settings, "input_resize": resize})
     resume.unlink(missing_ok=True)
     stats.update(images=batches.n, batch_size=settings["batch_size"], lr=settings["lr"])
     return stats

@@ -294,6 +294,9 @@ rule label_examples:
 rule published:
     input:
         runs=rules.aggregate.output[0],
+        paper=os.path.relpath(
+            os.path.join(workflow.basedir, "sslseg/report/published.csv")
+        ),
         code=code("published"),
     output:
         csv=f"{R}/report/published.csv",
