@@ -4,6 +4,8 @@ the committed results' README saying what its CSVs hold."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -35,3 +37,37 @@ def test_a_seed_without_its_pair_is_left_out():
     runs = pd.DataFrame([_run(0, 0, 30), _run(0, 1, 30), _run(1000, 0, 35)])
     d = pretrain_delta(runs)
     assert d.seeds.tolist() == [1] and not d.beyond_2se.iloc[0]  # one pair: no s.e., never "beyond"
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "results" / "sample"
+
+
+def _readme_numbers() -> dict:
+    text = (SAMPLE / "README.md").read_text()
+    runs = re.search(r"\*\*(\d+)\*\* fine-tunes", text)
+    border = re.search(r"lowest border IoU of any run: \*\*(\d\.\d+)\*\*", text)
+    rows = re.findall(r"^\| (\d+) \| (\d+\.\d\d) ± (\d+\.\d\d) \| (\d+\.\d\d) ± (\d+\.\d\d) \| ([+−-]\d+\.\d\d) ± (\d+\.\d\d) \| (yes|no) \|$",
+                      text, re.M)
+    beyond = re.search(r"\*\*(\d+) of (\d+)\*\* fine-tune sizes", text)
+    assert runs and border and rows and beyond, "the README's key numbers are not where this test reads them"
+    return {"runs": int(runs[1]), "border": float(border[1]), "rows": rows, "beyond": (int(beyond[1]), int(beyond[2]))}
+
+
+def test_the_sample_readme_says_what_its_csvs_hold():
+    readme = _readme_numbers()
+    runs = pd.read_csv(SAMPLE / "runs.csv")
+    summary = pd.read_csv(SAMPLE / "summary.csv")
+    delta = pd.read_csv(SAMPLE / "pretrain_delta.csv")
+    assert readme["runs"] == len(runs)
+    assert readme["border"] == round(runs.iou_border.min(), 3)
+    assert runs.iou_border.min() > 0.1  # issue 14: every fine-tune learns the border class
+    assert len(readme["rows"]) == len(delta)
+    for size, b_mean, b_std, p_mean, p_std, d_mean, d_se, beyond in readme["rows"]:
+        base = summary[(summary.pretrain == 0) & (summary.finetune == int(size))].iloc[0]
+        pre = summary[(summary.pretrain > 0) & (summary.finetune == int(size))].iloc[0]
+        d = delta[delta.finetune == int(size)].iloc[0]
+        assert (float(b_mean), float(b_std)) == (round(base.miou_mean, 2), round(base.miou_std, 2))
+        assert (float(p_mean), float(p_std)) == (round(pre.miou_mean, 2), round(pre.miou_std, 2))
+        assert (float(d_mean.replace("−", "-")), float(d_se)) == (round(d.delta_mean, 2), round(d.delta_se, 2))
+        assert (beyond == "yes") == bool(d.beyond_2se)
+    assert readme["beyond"] == (int(delta.beyond_2se.sum()), len(delta))
