@@ -80,3 +80,15 @@ def test_published_command_writes_and_prints_the_table(tmp_path, capsys):
     md = (tmp_path / "p.md").read_text()
     assert "42.00 ± 1.00 | 43.73 ± 1.02 | -1.73 (-1.2)" in md and "ddof 1" in md
     assert md == capsys.readouterr().out
+
+
+def test_the_committed_fidelity_table_is_the_cell_beside_table_1():
+    committed = pd.read_csv(ROOT / "docs" / "results" / "fidelity" / "published.csv", dtype={"table": str})
+    assert len(committed) == 1
+    row = committed.iloc[0]
+    assert (row.table, row.pretrain, row.finetune, row.seeds) == ("1", 0, 250, 3)
+    assert (row.acc_mean, row.acc_std, row.miou_mean, row.miou_std) == (70.33, 0.89, 43.73, 1.02)
+    runs = pd.read_csv(ROOT / "docs" / "results" / "fidelity" / "runs.csv")
+    assert row.ours_miou == pytest.approx(runs.miou.mean() * 100) and row.ours_miou_std == pytest.approx(runs.miou.std() * 100)
+    readme = (ROOT / "docs" / "results" / "fidelity" / "README.md").read_text()
+    assert f"{row.ours_miou:.2f} ± {row.ours_miou_std:.2f} | 43.73 ± 1.02 | −{-row.miou_diff:.2f} | {row.miou_z:.1f}".replace("-", "−") in readme
