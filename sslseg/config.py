@@ -205,8 +205,10 @@ def runtime_settings(config: dict) -> dict:
 
 
 def rule_resources(config: dict, rule: str) -> dict:
-    """threads, mem_mb, runtime, gpu, gpu_model of one rule's resources entry (the schema
-    fills every key), as the workflow, the planner and the benchmark all read them."""
+    """threads, mem_mb, runtime, gpu, gpu_model and the SLURM keys (slurm_partition, constraint,
+    slurm_extra; cpus_per_gpu where set) of one rule's resources entry (the schema fills every
+    other key), as plain numbers and strings: the workflow (common.smk's `res`, which makes
+    mem_mb grow with the retry attempt), the planner and the benchmark all read them."""
     return config["resources"][rule]
 
 

@@ -35,7 +35,9 @@ from pathlib import Path
 
 import pytest
 
-PARTITION = "debug"
+PARTITION = "debug"  # the default partition
+OTHER_PARTITION = "gpu"  # the same node, not the default: a job lands there only through -p
+FEATURE = "fakegpu"  # the node's feature, so that a job's -C/--constraint can be met
 DEFAULT_CONF = Path("/etc/slurm/slurm.conf")  # where srun looks without SLURM_CONF
 COMMANDS = ("sbatch", "squeue", "sinfo", "scontrol", "slurmctld", "slurmd", "munged")
 # Daemons live in /usr/sbin, which a non-login PATH may lack.
@@ -186,6 +188,9 @@ ReturnToService=2
 # keep finished jobs visible to squeue (the status command without slurmdbd)
 # and to Cluster.jobs() for a whole test session
 MinJobAge=3600
+# jobs are not requeued unless sbatch says --requeue (SLURM's default is to
+# requeue), so a test sees whether the profile asks for it
+JobRequeue=0
 AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
@@ -200,8 +205,9 @@ SlurmdLogFile={root}/log/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
 GresTypes=gpu
-NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:1 State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={mem} Gres=gpu:1 Features={FEATURE} State=UNKNOWN
 PartitionName={PARTITION} Nodes={host} Default=YES MaxTime=INFINITE State=UP
+PartitionName={OTHER_PARTITION} Nodes={host} Default=NO MaxTime=INFINITE State=UP
 """)
     # A count-only gres line leaves the node INVAL; a File= makes it schedulable.
     (root / "etc" / "gres.conf").write_text(f"NodeName={host} Name=gpu File=/dev/null\n")
@@ -257,7 +263,7 @@ def start_cluster(tmp: Path, timeout: float = 60) -> Cluster:
 
 def _node_state(cluster: Cluster) -> str:
     try:
-        return cluster.run("sinfo", "--noheader", "-n", cluster.host, "-o", "%T").strip()
+        return cluster.run("sinfo", "--noheader", "-p", PARTITION, "-n", cluster.host, "-o", "%T").strip()
     except subprocess.SubprocessError:
         return ""
 

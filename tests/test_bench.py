@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,16 +43,50 @@ def test_quick_bench_measures_everything(tmp_path):
     assert p["total_hours"] > 0 and set(p["runtime"]) == {"pack", "pretrain", "intermediate", "finetune", "evaluate"}
 
 
+@contextmanager
+def deadline(seconds: int):
+    """Fail instead of hanging: SIGALRM interrupts a loop that never ends (main thread, Unix)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: the loop never ends")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_bench_refuses_fewer_images_than_a_batch(capsys):
     """Once it looped for ever: no whole batch in the pack, so every epoch was empty."""
     from sslseg.bench.__main__ import cli
 
-    with pytest.raises(SystemExit) as exit_:
+    with deadline(120), pytest.raises(SystemExit) as exit_:
         cli(["--quick", "--device", "cpu", "--images", "4"])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "--images 4" in err and "batch size 8" in err
+
+
+@pytest.mark.parametrize("memory_gb", [1.0, 0.0])  # held in memory, streamed from HDF5
+def test_the_timing_loop_refuses_a_pack_without_a_whole_batch(tmp_path, memory_gb):
+    """The loop the bench times draws from (batch > packed rows, partial batches dropped) stops
+    with an error at once, whatever calls it, instead of spinning over empty epochs."""
+    import h5py
+    import numpy as np
+    import torch
+
+    from sslseg.bench.tasks import _forever
+    from sslseg.data.loader import Batches
+
+    with h5py.File(tmp_path / "pack.h5", "w") as f:
+        f["images"] = np.zeros((3, 8, 8, 3), np.uint8)
+    batches = Batches(tmp_path / "pack.h5", None, 4, torch.device("cpu"), ("images",), memory_gb=memory_gb)
+    assert batches.streamed == (memory_gb == 0)
+    with deadline(60), pytest.raises(ValueError, match="3 rows hold no batch of 4"):
+        next(_forever(batches))
 
 
 def test_plan_counts_image_steps_of_the_tiny_grid(tmp_path):

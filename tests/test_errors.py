@@ -126,6 +126,10 @@ BAD_CONFIGS = [
     ("data: {pets: {resize: letterbox}}", "data.pets.resize: 'letterbox' is not one of ['crop', 'squash']"),
     ("data: {pets: {source: demo}}", "data.demo.pets: 300 generated pets cannot hold data.pets.test_size 1000"),
     ("data: {pretrain: {source: demo}}", "grid.pretrain_sizes: 200000 is larger than data.demo.pretrain 300"),
+    # one process uses one GPU; more would idle, or be split into one task per GPU by the SLURM plugin
+    ("resources: {finetune: {gpu: 2}}", "resources.finetune.gpu: 2 is greater than the maximum of 1"),
+    ("resources: {finetune: {cpus_per_gpu: 0}}", "resources.finetune.cpus_per_gpu: 0 is less than the minimum of 1"),
+    ("resources: {pretrain: {partition: gpu}}", "resources.pretrain: unknown key ('partition' was unexpected)"),
 ]
 
 
@@ -147,6 +151,8 @@ def test_every_config_mistake_is_one_line_naming_the_key(tmp_path, override, lin
     "model: {image_size: 100}\ngrid: {backbones: [resnet18]}",  # no patches, any size
     "pretrain: {epochs: 40, schedule: cosine}",  # milestones are ignored by a cosine schedule
     "finetune: {batch_size: 300}",  # no labelled image dropped: one short batch of 250
+    # the SLURM plugin's per-rule keys
+    "resources: {finetune: {slurm_partition: gpu, constraint: a100, cpus_per_gpu: 4, slurm_extra: '--nice=10'}}",
 ])
 def test_what_the_checks_let_through(tmp_path, override):
     from sslseg.config import load_config

@@ -3,7 +3,8 @@
 Runs `snakemake --profile workflow/profiles/slurm` against slurmctld/slurmd
 started by `tests/slurm_cluster.py`, so that the profile, the executor plugin
 and the rules' `resources:` are exercised through real sbatch submissions.
-Needs root + apt (installs slurm-wlm and munge when missing), else skips.
+Those tests (marked `slurm`) need root + apt (installs slurm-wlm and munge when
+missing), else skip; the dry-run tests of what each rule asks for need neither.
 """
 
 import csv
@@ -15,16 +16,19 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import copy_workflow
-from slurm_cluster import slurm_cluster  # noqa: F401  (the fixture)
+from slurm_cluster import FEATURE, OTHER_PARTITION, slurm_cluster  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TINY = "workflow/configs/tiny.yaml"
 METRICS = ("pixel_acc", "miou")
-
-pytestmark = pytest.mark.slurm
+SLURM_KEYS = ("slurm_partition", "constraint", "cpus_per_gpu", "slurm_extra")
+# The SLURM plugin's per-rule keys, set for the fine-tunes only (tiny.yaml: mem_mb 1000, gpu 1).
+SITE = {"resources": {"finetune": {"slurm_partition": OTHER_PARTITION, "constraint": FEATURE, "cpus_per_gpu": 2,
+                                   "slurm_extra": "--nice=7"}}}
 
 SMOKE_SNAKEFILE = """
 rule all:
@@ -74,6 +78,63 @@ def check_jobs(jobs: list[dict], output: str) -> None:
     assert not bad, bad
 
 
+def job_resources(output: str) -> dict[str, list[dict[str, str]]]:
+    """{rule: each job's resources} as a dry run lists them (`    resources: k=v, k=v`)."""
+    jobs: dict[str, list[dict[str, str]]] = {}
+    rule = None
+    for line in output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line)
+        if m:
+            rule = m.group(1)
+        elif rule and line.startswith("    resources: "):
+            items = line.removeprefix("    resources: ").split(", ")
+            jobs.setdefault(rule, []).append(dict(item.split("=", 1) for item in items))
+            rule = None
+    return jobs
+
+
+def dry_run(tmp_path: Path, *args: str) -> dict[str, list[dict[str, str]]]:
+    """The tiny study's jobs and their resources, planned from the repository's Snakefile."""
+    run = snakemake(tmp_path, "-n", "--cores", "2", "-s", str(REPO / "Snakefile"), *args, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    jobs = job_resources(run.stdout)
+    assert jobs.get("finetune") and jobs.get("pretrain") and jobs.get("pack_pets"), run.stdout[-3000:]
+    return jobs
+
+
+def test_rules_pass_the_slurm_keys_that_are_set_and_no_others(tmp_path):
+    """resources.<rule>.slurm_partition, constraint, cpus_per_gpu, slurm_extra reach that rule's jobs (the
+    plugin turns them into -p, -C, --cpus-per-gpu and verbatim options); unset or empty ones are not
+    passed at all (an empty constraint would still become `-C ''`)."""
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(SITE))
+    jobs = dry_run(tmp_path, "--configfile", str(REPO / TINY), "site.yaml")
+    want = {k: str(v) for k, v in SITE["resources"]["finetune"].items()}
+    for r in jobs["finetune"]:
+        assert {k: r.get(k) for k in SLURM_KEYS} == want, r
+        assert r["mem_mb"] == "1000" and r["gpu"] == "1"
+    for rule, resources in jobs.items():
+        if rule not in ("finetune", "probe"):  # the rules of resources.finetune
+            assert not [k for r in resources for k in SLURM_KEYS if k in r], (rule, resources)
+
+
+def test_mem_mb_grows_with_the_retry_attempt(tmp_path):
+    """A job killed for memory is resubmitted (the profile's `retries`) with attempt × mem_mb."""
+    first = dry_run(tmp_path, "--configfile", str(REPO / TINY))
+    third = dry_run(tmp_path, "--configfile", str(REPO / TINY), "--attempt", "3")
+    for rule in ("pack_pets", "pretrain", "finetune"):
+        assert {r["mem_mb"] for r in first[rule]} == {"1000"}, rule  # tiny.yaml's mem_mb
+        assert {r["mem_mb"] for r in third[rule]} == {"3000"}, rule
+        assert {r["runtime"] for r in third[rule]} == {r["runtime"] for r in first[rule]}, rule
+
+
+def test_profile_requeues_and_retries():
+    """Preempted or node-lost jobs are requeued by SLURM and resume from their checkpoint; a failed
+    one (time limit, memory) is resubmitted once, with more memory."""
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    assert profile["slurm-requeue"] is True and profile["retries"] >= 1
+
+
+@pytest.mark.slurm
 def test_smoke_profile_roundtrip(slurm_cluster, tmp_path):
     """A 2-rule workflow goes through sbatch; `gpu=1` becomes `--gpus=1` and runs on the fake GPU."""
     (tmp_path / "Snakefile").write_text(SMOKE_SNAKEFILE)
@@ -98,6 +159,55 @@ def read_runs(workdir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+PROBE_SNAKEFILE = """
+configfile: f"{workflow.basedir}/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+
+
+rule all:
+    input:
+        "out/probe.txt",
+
+
+rule probe:
+    output:
+        "out/probe.txt",
+    threads: 1
+    resources:
+        **res("finetune"),
+    shell:
+        "echo job=$SLURM_JOB_ID mem={resources.mem_mb} >> out/attempts.txt;"
+        " test {resources.mem_mb} -gt 1000; echo ok > {output}"
+"""
+
+
+@pytest.mark.slurm
+def test_rule_resources_reach_sbatch_and_a_retry_gets_more_memory(slurm_cluster, tmp_path):
+    """The workflow's own `res()` through the profile: partition, constraint, cpus per GPU and extra
+    options on the sbatch call; the job fails on its first attempt (mem_mb 1000) and the retry
+    asks for twice the memory."""
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "Snakefile").write_text(PROBE_SNAKEFILE)
+    (wf / "site.yaml").write_text(yaml.safe_dump(SITE))
+    before = {j["JobId"] for j in slurm_cluster.jobs()}
+    run = snakemake(wf, "--profile", str(PROFILE), "--configfile", TINY, "site.yaml", "--cores", "2",
+                    env=slurm_cluster.env, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:]
+    new = [j for j in slurm_cluster.jobs() if j["JobId"] not in before]
+    assert [(j["Comment"], j["JobState"]) for j in new] == [("rule_probe", "FAILED"), ("rule_probe", "COMPLETED")]
+    assert [j["MinMemoryNode"] for j in new] == ["1000M", "2000M"]  # --mem 1000 x attempt
+    for j in new:
+        assert j["Partition"] == OTHER_PARTITION and j["Features"] == FEATURE, j  # -p, -C
+        assert j["Nice"] == "7", j  # slurm_extra
+        assert j["Requeue"] == "1", j  # the profile's slurm-requeue (the test cluster's default is 0)
+        assert j["TresPerJob"] == "gres:gpu:1" and "gpu:2" in j.get("CpusPerTres", ""), j  # --cpus-per-gpu=2
+    lines = (wf / "out" / "attempts.txt").read_text().split()
+    assert [ln for ln in lines if ln.startswith("mem=")] == ["mem=1000", "mem=2000"]
+
+
+@pytest.mark.slurm
 @pytest.mark.skipif(not (REPO / TINY).exists(), reason=f"{TINY} not written yet")
 def test_tiny_workflow_on_slurm_matches_local(slurm_cluster, tiny_run, tmp_path):
     """The tiny study through sbatch: every job COMPLETED, and the same metrics as a local run."""

@@ -97,11 +97,21 @@ def as_json(obj):
 
 
 def res(stage):
-    """Resources from the config section `resources` (one place for local runs and sbatch)."""
+    """Resources from the config section `resources` (one place for local runs and sbatch).
+    mem_mb grows with the attempt, so a job killed for memory is retried with more (the
+    profile's `retries`). The SLURM plugin's keys are passed only where set: an empty
+    constraint would still become `-C ''`."""
     r = rule_resources(config, stage)
-    out = {"mem_mb": r["mem_mb"], "runtime": r["runtime"], "gpu": r["gpu"]}
-    if r["gpu"] and r["gpu_model"]:
-        out["gpu_model"] = r["gpu_model"]
+    base = r["mem_mb"]
+    out = {
+        "mem_mb": lambda wildcards, attempt: base * attempt,
+        "runtime": r["runtime"],
+        "gpu": r["gpu"],
+    }
+    gpu_only = ("gpu_model", "cpus_per_gpu") if r["gpu"] else ()
+    for key in ("slurm_partition", "constraint", "slurm_extra", *gpu_only):
+        if r.get(key):
+            out[key] = r[key]
     return out
 
 
