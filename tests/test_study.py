@@ -94,5 +94,6 @@ def test_imagenette_without_download_says_how_to_fetch_it(tmp_path):
 
 def test_sample_config_plans_the_scaled_grid():
     jobs = planned_jobs(ROOT, "--configfile", "workflow/configs/sample.yaml")
-    assert jobs["pretrain"] == 3 and jobs["intermediate"] == 4
-    assert jobs["finetune"] == jobs["evaluate"] == 4 * 2 * 4 * 3
+    assert jobs["pretrain"] == 1 and "intermediate" not in jobs  # 1,000 images or none; no intermediate step
+    assert jobs["finetune"] == jobs["evaluate"] == 2 * 2 * 4  # 2 pretrainings x 2 sizes x 4 seeds
+    assert sum(jobs.values()) == 52  # the count docs/results/sample/README.md states
