@@ -79,10 +79,11 @@ def predict_masks(ckpt: str, root: str, out: Output, config: str = "config.yaml"
 
     `root` is an Oxford-layout folder or any folder of images. Per image: `<name>.png`, one
     uint8 channel of class indices (0 pet, 1 background, 2 border), and `<name>_overlay.png`,
-    the input with the classes coloured; `classes.json` names each index and its colour. Masks
-    are at the model's input geometry, as evaluation sees it: the config's data.pets.resize
-    (crop: shorter side to image_size, centre square; squash: the whole image to a square);
-    to score them, resize the trimaps the same way (nearest).
+    the input with the classes coloured; `classes.json` names each index, its colour and the
+    resize used. Masks are at the model's input geometry, as evaluation sees it: made square as
+    the checkpoint's training pets were (data.pets.resize; crop: shorter side to image_size,
+    centre square; squash: the whole image to a square); to score them, resize the trimaps the
+    same way (nearest).
     """
     from sslseg.report.figures import TRIMAP_COLOURS  # the example figures' colours (lazy: matplotlib)
 
