@@ -107,7 +107,7 @@ def _check_across_keys(config: dict) -> None:
             raise UserError(f"{stage}.batch_size: {config[stage]['batch_size']} is larger than {key} "
                             f"{n}, so with {stage}.drop_last that run would have no batch; lower "
                             f"{stage}.batch_size or set {stage}.drop_last false")
-    normed = [b for b in g["backbones"] if grid.backbones()[b].get("batch_norm")]
+    normed = [b for b in g["backbones"] if grid.backbones()[b]["batch_norm"]]
     b = config["finetune"]["batch_size"]  # (a probe keeps its frozen BatchNorm in eval mode)
     single = [n for n in g["finetune_sizes"] if n % b == 1 or b == 1]
     if "finetune" in used and normed and single and (b == 1 or not config["finetune"]["drop_last"]):

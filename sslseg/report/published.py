@@ -10,12 +10,12 @@ difference under 2 of those is inside what the two seed spreads allow.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from sslseg.io import Output, UserError, atomic_path
+from sslseg.report.tables import _pm, summarise
 
 PUBLISHED = Path(__file__).with_name("published.csv")
 STUDY_A = {"backbone": "viny", "objective": "simmim", "data": "random", "adaptation": "finetune", "labels": "full"}
@@ -38,10 +38,10 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
             mine = mine[(mine.pretrain == 0) | (mine[axis] == STUDY_A[axis])]
     if mine.empty:
         return pd.DataFrame()
-    mine = mine.assign(acc=mine.pixel_acc * 100, miou_pct=mine.miou * 100, intermediate=mine.intermediate.astype(bool))
-    ours = mine.groupby(["pretrain", "intermediate", "finetune"]).agg(
-        ours_acc=("acc", "mean"), ours_acc_std=("acc", "std"), ours_miou=("miou_pct", "mean"),
-        ours_miou_std=("miou_pct", "std"), seeds=("seed", "count")).reset_index()
+    ours = summarise(mine).rename(columns={"acc_mean": "ours_acc", "acc_std": "ours_acc_std",
+                                           "miou_mean": "ours_miou", "miou_std": "ours_miou_std"})
+    ours = ours.assign(intermediate=ours.intermediate.astype(bool))[
+        ["pretrain", "intermediate", "finetune", "ours_acc", "ours_acc_std", "ours_miou", "ours_miou_std", "seeds"]]
     paper = published_table()
     paper["intermediate"] = paper.intermediate.astype(str).str.lower() == "true"
     both = ours.merge(paper, on=["pretrain", "intermediate", "finetune"])
@@ -52,10 +52,6 @@ def compare(runs: pd.DataFrame) -> pd.DataFrame:
         both[f"{m}_z"] = both[f"{m}_diff"] / both[f"{m}_combined_std"]
     both["within"] = (both.acc_z.abs() <= WITHIN) & (both.miou_z.abs() <= WITHIN)
     return both.sort_values(["table", "pretrain", "finetune"]).reset_index(drop=True)
-
-
-def _cell(mean: float, std: float) -> str:
-    return f"{mean:.2f} ± {0.0 if math.isnan(std) else std:.2f}"
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -71,8 +67,8 @@ def markdown(table: pd.DataFrame) -> str:
     for r in table.itertuples():
         lines.append(
             f"| {r.table} | {r.pretrain:,} | {'yes' if r.intermediate else 'no'} | {r.finetune:,} | {r.seeds} "
-            f"| {_cell(r.ours_acc, r.ours_acc_std)} | {_cell(r.acc_mean, r.acc_std)} | {r.acc_diff:+.2f} ({r.acc_z:+.1f}) "
-            f"| {_cell(r.ours_miou, r.ours_miou_std)} | {_cell(r.miou_mean, r.miou_std)} | {r.miou_diff:+.2f} ({r.miou_z:+.1f}) "
+            f"| {_pm(r.ours_acc, r.ours_acc_std)} | {_pm(r.acc_mean, r.acc_std)} | {r.acc_diff:+.2f} ({r.acc_z:+.1f}) "
+            f"| {_pm(r.ours_miou, r.ours_miou_std)} | {_pm(r.miou_mean, r.miou_std)} | {r.miou_diff:+.2f} ({r.miou_z:+.1f}) "
             f"| {'✓' if r.within else '✗'} |")
     return "\n".join(lines) + "\n"
 
