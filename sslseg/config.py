@@ -83,12 +83,19 @@ def _check_across_keys(config: dict) -> None:
         near = sorted({size // p * p or p, (size // p + 1) * p})
         raise UserError(f"model.image_size: {size} is not a multiple of model.patch_size {p} (the ViT "
                         f"backbones {', '.join(patched)} cut the image into patches); use {' or '.join(map(str, near))}")
+    _check_names(config)
+    counts = known_counts(config)
     used = {"pretrain": [n for n in g["pretrain_sizes"] if n > 0], "intermediate": [True] if any(g["intermediate"])
-            else [], **{a: g["finetune_sizes"] for a in ("finetune", "probe") if a in g["adaptations"]}}
-    for stage, sizes in used.items():
-        if not sizes:
+            else [], **{a: counts for a in ("finetune", "probe") if a in g["adaptations"]}}
+    # the recipe each stage runs with: per objective for pretraining, with its named recipe for a fine-tune
+    recipes = {f"pretrain (objectives.{o}.pretrain)" if config["objectives"][o].get("pretrain") else "pretrain":
+               {**config["pretrain"], **config["objectives"][o].get("pretrain", {})} for o in g["objectives"]}
+    recipes.update({stage: finetune_recipe(config, stage) if stage in ("finetune", "probe") else config[stage]
+                    for stage in ("intermediate", "finetune", "probe")})
+    for where, c in recipes.items():
+        stage = where.split()[0]
+        if not used.get(stage):
             continue  # the stage never runs
-        c = config[stage]
         if c["iterations"] == 0 and c["epochs"] < 1:
             raise UserError(f"{stage}.epochs: 0 with {stage}.iterations 0 trains nothing (the model would "
                             f"be scored untrained); set {stage}.epochs or {stage}.iterations to at least 1")
@@ -101,16 +108,19 @@ def _check_across_keys(config: dict) -> None:
             raise UserError(f"{stage}.warmup: {c['warmup']} is not below {stage}.{unit} {budget}; the whole "
                             "run would be warm-up")
     smallest = {"pretrain": ("grid.pretrain_sizes", min(used["pretrain"], default=0)),
-                **{a: ("grid.finetune_sizes", min(g["finetune_sizes"])) for a in ("finetune", "probe") if a in used}}
-    for stage, (key, n) in smallest.items():
-        if n and config[stage]["drop_last"] and config[stage]["batch_size"] > n:
-            raise UserError(f"{stage}.batch_size: {config[stage]['batch_size']} is larger than {key} "
+                **{a: ("grid.finetune_sizes", min(counts, default=0)) for a in ("finetune", "probe") if a in used}}
+    for where, c in recipes.items():
+        stage = where.split()[0]
+        key, n = smallest.get(stage, ("", 0))
+        if n and c["drop_last"] and c["batch_size"] > n:
+            raise UserError(f"{stage}.batch_size: {c['batch_size']} is larger than {key} "
                             f"{n}, so with {stage}.drop_last that run would have no batch; lower "
                             f"{stage}.batch_size or set {stage}.drop_last false")
     normed = [b for b in g["backbones"] if grid.backbones()[b]["batch_norm"]]
-    b = config["finetune"]["batch_size"]  # (a probe keeps its frozen BatchNorm in eval mode)
-    single = [n for n in g["finetune_sizes"] if n % b == 1 or b == 1]
-    if "finetune" in used and normed and single and (b == 1 or not config["finetune"]["drop_last"]):
+    tune = recipes["finetune"]
+    b = tune["batch_size"]  # (a probe keeps its frozen BatchNorm in eval mode)
+    single = [n for n in counts if n % b == 1 or b == 1]
+    if "finetune" in used and normed and single and (b == 1 or not tune["drop_last"]):
         raise UserError(f"finetune.batch_size: {b} leaves a last batch of one image for grid.finetune_sizes "
                         f"{single[0]}, which BatchNorm ({normed[0]}) cannot train on; change the batch "
                         "or set finetune.drop_last true")
@@ -120,15 +130,83 @@ def _check_across_keys(config: dict) -> None:
         raise UserError(f"intermediate.batch_size: {config['intermediate']['batch_size']} is larger than the {intel} "
                         f"images of data.demo.intel_per_class {demo['intel_per_class']} x 6 classes; lower the batch "
                         "or raise intel_per_class")
-    if data["pets"]["source"] == "demo":
-        need = data["pets"]["test_size"] + max(g["finetune_sizes"])
+    if data["pets"]["source"] == "demo" and data["pets"]["split"] == "test_draw" and counts:
+        need = data["pets"]["test_size"] + max(counts)
         if need > demo["pets"]:
             raise UserError(f"data.demo.pets: {demo['pets']} generated pets cannot hold "
                             f"data.pets.test_size {data['pets']['test_size']} + the largest of grid.finetune_sizes "
-                            f"{max(g['finetune_sizes'])}; raise data.demo.pets to {need}")
+                            f"{max(counts)}; raise data.demo.pets to {need}")
     if data["pretrain"]["source"] == "demo" and max(g["pretrain_sizes"]) > demo["pretrain"]:
         raise UserError(f"grid.pretrain_sizes: {max(g['pretrain_sizes'])} is larger than data.demo.pretrain "
                         f"{demo['pretrain']} generated images; raise data.demo.pretrain or lower the size")
+
+
+def pool_size(config: dict) -> int | None:
+    """The fine-tune pool's size where the config alone fixes it (the generated demo pets), else
+    None (the real dataset's size is known once it is packed)."""
+    pets = config["data"]["pets"]
+    n = config["data"]["demo"]["pets"] if pets["source"] == "demo" else None
+    if n is None:
+        return None
+    if pets["split"] == "train_val_test":
+        return n - round(n * pets["val_fraction"]) - round(n * pets["test_fraction"])
+    return n - pets["test_size"]
+
+
+def known_counts(config: dict) -> list[int]:
+    """The label budgets of grid.finetune_sizes as image counts, as far as the config fixes them:
+    every count, and the fractions where the pool size is known (pool_size)."""
+    pool = pool_size(config)
+    return [grid_size(v, pool) for v in config["grid"]["finetune_sizes"]
+            if isinstance(v, int) or pool is not None]
+
+
+def grid_size(value: int | str, pool: int | None) -> int:
+    from sslseg.grid import resolve_size
+
+    return resolve_size(value, pool or 0)
+
+
+def _check_names(config: dict) -> None:
+    """Names one key gives that another must hold: recipes, the DDeP encoder, weights files."""
+    from sslseg import grid
+
+    g = config["grid"]
+    for stage in ("finetune", "probe"):
+        name = config[stage].get("recipe", "")
+        if name and name not in config["recipes"]:
+            raise UserError(f"{stage}.recipe: {name!r} is not in recipes (available: "
+                            f"{', '.join(config['recipes']) or 'none'}); name one of them or add it under recipes:")
+    pets = config["data"]["pets"]
+    if pets["split"] == "train_val_test" and pets["val_fraction"] + pets["test_fraction"] >= 1:
+        raise UserError(f"data.pets.val_fraction: {pets['val_fraction']} + data.pets.test_fraction "
+                        f"{pets['test_fraction']} leave no pets to train on; lower them")
+    for name in g["objectives"]:
+        gammas = config["objectives"][name].get("gamma_range", [])
+        if len(gammas) == 1 or (len(gammas) == 2 and gammas[0] > gammas[1]):
+            raise UserError(f"objectives.{name}.gamma_range: {gammas} is not [low, high]; give two numbers, "
+                            "low first, or [] for a fixed γ")
+    pretraining = any(g["pretrain_sizes"])
+    if pretraining and "ddep" in g["objectives"]:
+        enc = config["objectives"]["ddep"]["encoder"]
+        if grid.is_path(enc):
+            if not Path(enc).is_file():
+                raise UserError(f"objectives.ddep.encoder: {enc} is not a file; give a checkpoint file, or a "
+                                f"pretraining objective of grid.objectives ({', '.join(g['objectives'])})")
+        elif enc not in g["objectives"] or enc == "ddep":
+            raise UserError(f"objectives.ddep.encoder: {enc!r} is not another objective of grid.objectives "
+                            f"({', '.join(o for o in g['objectives'] if o != 'ddep')}); add it there, or give a checkpoint file")
+    for backbone, path in config["model"]["weights"].items():
+        if backbone not in grid.backbones():
+            raise UserError(f"model.weights.{backbone}: no such backbone; available: {', '.join(grid.backbones())}")
+        if backbone in g["backbones"] and not Path(path).is_file():
+            raise UserError(f"model.weights.{backbone}: {path} is not a file (nothing is downloaded at run time); "
+                            "put the weights file there, or remove the key to start from random weights")
+    decoders = any(grid.uses_decoder(config, a, o) for a in g["adaptations"]
+                   for o in ([*g["objectives"], grid.NONE] if pretraining else [grid.NONE]))
+    if len(g["decoder_widths"]) > 1 and not decoders:
+        raise UserError(f"grid.decoder_widths: {g['decoder_widths']} changes nothing: no run has a UNet decoder "
+                        "(set finetune.head unet, or pretrain with dep or ddep); use [1]")
 
 
 def merge(base: dict, update: dict) -> dict:
@@ -164,9 +242,27 @@ STAGE_OBJECTIVES = {"intermediate": ("classify", 6), "finetune": ("segment", 3),
 FROZEN = {"probe": ["backbone."]}  # what an adaptation never trains
 
 
-def model_settings(config: dict, backbone: str) -> dict:
-    """The `model` slice every model-building stage receives: the run's backbone + `model:`."""
-    return {"backbone": backbone, **config["model"]}
+MODEL_KEYS = ("image_size", "patch_size")  # the `model:` keys every model is built with
+
+
+def model_settings(config: dict, backbone: str, decoder: int | None = None) -> dict:
+    """The `model` slice a model-building stage receives: the run's backbone, image and patch
+    size; the UNet decoder's channels and width where the stage builds one (`decoder`: the
+    run's width); the backbone's weights file where model.weights names one. Nothing else, so a
+    decoder or weights setting reruns only the stages it shapes."""
+    m = {"backbone": backbone, **{k: config["model"][k] for k in MODEL_KEYS}}
+    if decoder is not None:
+        m.update(decoder_channels=config["model"]["decoder_channels"], decoder_width=decoder)
+    if backbone in config["model"]["weights"]:
+        m["weights"] = config["model"]["weights"][backbone]
+    return m
+
+
+def finetune_recipe(config: dict, stage: str) -> dict:
+    """A segmentation stage's section with its named recipe (`<stage>.recipe`) applied."""
+    section = dict(config[stage])
+    name = section.pop("recipe", "")
+    return {**section, **(config["recipes"][name] if name else {})}
 
 
 def stage_settings(config: dict, stage: str, run) -> dict:
@@ -176,15 +272,23 @@ def stage_settings(config: dict, stage: str, run) -> dict:
     Rules pass exactly this as `params`, so only a change here reruns the stage."""
     if stage in ("finetune", "probe") and stage != run.adaptation:
         raise ValueError(f"run {run} is adapted by {run.adaptation}, not {stage}")
+    from sslseg import grid
+    from sslseg.objectives import constant
+
     if stage == "pretrain":
-        objective, extra = run.objective, config["objectives"][run.objective]
+        objective, extra = run.objective, dict(config["objectives"][run.objective])
+        section = {**config["pretrain"], **extra.pop("pretrain", {})}  # the objective's own recipe keys win
+        decoder = run.decoder if grid.has_decoder(objective) else None
     else:
         objective, classes = STAGE_OBJECTIVES[stage]
         extra = {"classes": classes}
-    s = {"stage": stage, "objective": objective, "model": model_settings(config, run.backbone),
-         "device": config["device"], **config["train"], **config[stage], **extra}
-    if stage in FROZEN:
-        s["freeze"] = FROZEN[stage]
+        section = finetune_recipe(config, stage) if stage in ("finetune", "probe") else config[stage]
+        decoder = run.decoder if stage != "intermediate" and section["head"] == "unet" else None
+    s = {"stage": stage, "objective": objective, "model": model_settings(config, run.backbone, decoder),
+         "device": config["device"], **config["train"], **section, **extra}
+    frozen = FROZEN.get(stage, []) + (constant(objective, "FREEZE") or [])
+    if frozen:
+        s["freeze"] = sorted({*s.get("freeze", []), *frozen})
     if objective == "segment":
         s["seed"] = run.seed
     return s
@@ -192,7 +296,8 @@ def stage_settings(config: dict, stage: str, run) -> dict:
 
 def eval_settings(config: dict, backbone: str, stage: str = "finetune") -> dict:
     """What evaluating a `stage` model (finetune: a segmenter, intermediate: a classifier), or
-    drawing its examples, depends on."""
+    drawing its examples, depends on. (The model is built as its checkpoint records it:
+    sslseg.models.predict.trained_settings.)"""
     objective, classes = STAGE_OBJECTIVES[stage]
     return {"objective": objective, "classes": classes, "model": model_settings(config, backbone),
             "device": config["device"], "amp": config["train"]["amp"], **config["evaluate"]}

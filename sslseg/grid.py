@@ -28,7 +28,8 @@ class Axis:
     name: str  # the coordinate: field of `Run`, key in metrics.json, column of runs.csv
     key: str  # its list under `grid:` in the config
     stage: str  # the first stage whose result it changes: model, pretrain, intermediate, finetune
-    token: str  # how a value is written in paths (str.format of the value)
+    token: str  # how a value is written in paths (str.format of the value's `token_value`)
+    omit: Any = None  # a value left out of paths (the axis's old implicit value: paths stay as they were)
 
 
 AXES: tuple[Axis, ...] = (
@@ -41,22 +42,60 @@ AXES: tuple[Axis, ...] = (
     Axis("labels", "labels", "finetune", "{}"),
     Axis("finetune", "finetune_sizes", "finetune", "n{}"),
     Axis("seed", "seeds", "finetune", "s{}"),
+    # the UNet decoder's width multiplier (seed 004's 1x/2x/3x); 1 is left out of paths, so the
+    # runs of grids without a decoder keep their paths. Objectives that pretrain a decoder
+    # (DECODER = True: dep, ddep) carry it into their pretraining folder too (`pretrain_name`).
+    Axis("decoder", "decoder_widths", "finetune", "w{}", omit=1),
 )
 NAMES = tuple(a.name for a in AXES)
+DECODER_AXIS = next(a for a in AXES if a.name == "decoder")
 SCRATCH = "scratch"  # the pretraining token of runs without pretraining (size 0)
 NONE = "none"  # objective and data of runs without pretraining
 
-Run = dataclasses.make_dataclass("Run", [(a.name, Any) for a in AXES], frozen=True)
+# an axis with an `omit` value defaults to it, so code naming a run's coordinates keeps working
+Run = dataclasses.make_dataclass("Run", [(a.name, Any) if a.omit is None else
+                                         (a.name, Any, dataclasses.field(default=a.omit)) for a in AXES], frozen=True)
 Run.__doc__ = "One downstream run: a value for every axis of `AXES`."
 
 
+def size_token(value: int | str) -> str:
+    """How a label budget is written in paths: a count as is (250 → `250`), a fraction of the
+    pool with `pct` for `%` (`5%` → `5pct`), since `%` is special in Snakemake's and SLURM's
+    file patterns."""
+    return str(value).replace("%", "pct")
+
+
+def resolve_size(value: int | str, pool: int) -> int:
+    """A label budget as a number of images: a count as is; a fraction "P%" of a pool of `pool`
+    images → round(P/100 · pool), at least 1 (seed 004's 1 % of 1,464 VOC images is 15)."""
+    if isinstance(value, str):
+        text = value[:-1] if value.endswith("%") else value.removesuffix("pct")
+        return max(1, round(float(text) / 100 * pool))
+    return int(value)
+
+
+def _token(axis: Axis, value: Any) -> str:
+    return axis.token.format(size_token(value) if axis.name == "finetune" else value)
+
+
 def _tokens(run: Any, stage: str) -> list[str]:
-    return [a.token.format(getattr(run, a.name)) for a in AXES if a.stage == stage]
+    return [_token(a, v) for a in AXES if a.stage == stage and (v := getattr(run, a.name)) != a.omit]
 
 
 def pretrain_name(run: Any) -> str:
-    """`scratch`, or the pretraining's tokens, e.g. `simmim-random-45000`."""
-    return "-".join(_tokens(run, "pretrain")) if run.pretrain else SCRATCH
+    """`scratch`, or the pretraining's tokens, e.g. `simmim-random-45000`; an objective that
+    pretrains a decoder adds its width where it is not 1 (`dep-random-45000-w2`)."""
+    if not run.pretrain:
+        return SCRATCH
+    width = [DECODER_AXIS.token.format(run.decoder)] if has_decoder(run.objective) and run.decoder != 1 else []
+    return "-".join(_tokens(run, "pretrain") + width)
+
+
+def has_decoder(objective: str) -> bool:
+    """Whether `objective` pretrains a decoder (its module sets `DECODER = True`), read from the source."""
+    from sslseg.objectives import declares  # stdlib only: reads the objective's file
+
+    return objective != NONE and declares(objective, "DECODER")
 
 
 def pretrain_dir(run: Any) -> str | None:
@@ -91,10 +130,12 @@ def coordinates(run: Any, upto: str = "finetune") -> dict:
 
 
 def runs(config: dict) -> list[Any]:
-    """Every downstream run of the config's grid, in axis order.
+    """Every downstream run of the config's grid, in axis order (`config`: a whole config, or
+    its `view`).
 
     Without pretraining (size 0) the objective and data axes have no meaning: those runs
-    appear once, with objective and data `none`, whatever the lists hold. Pretraining an
+    appear once, with objective and data `none`, whatever the lists hold; likewise a run with
+    no decoder (neither a UNet head nor a decoder-pretraining objective) has decoder width 1. Pretraining an
     objective that masks patches on a backbone that cannot (a ResNet) is left out
     (`skipped` says which), so one grid can hold a ResNet baseline beside pretrained ViTs.
     """
@@ -104,12 +145,33 @@ def runs(config: dict) -> list[Any]:
         coords = dict(zip(NAMES, combo))
         if not coords["pretrain"]:
             coords.update(objective=NONE, data=NONE)
-        elif _incompatible(coords["backbone"], coords["objective"]):
+        elif _incompatible(coords["backbone"], coords["objective"], config):
             continue
+        if not uses_decoder(config, coords["adaptation"], coords["objective"]):
+            coords["decoder"] = 1  # a width without a decoder means nothing: one run, not one per width
         out.setdefault(Run(**coords))
     if len({run_dir(r) for r in out}) != len(out):  # an axis whose values are missing from the paths
         raise ValueError("two runs of the grid share a path: every axis needs a token in sslseg.grid.run_dir")
     return list(out)
+
+
+def uses_decoder(config: dict, adaptation: str, objective: str) -> bool:
+    """Whether a run has a UNet decoder whose width matters: its segmentation head is `unet`
+    (finetune.head / probe.head), or its pretraining objective pretrains a decoder."""
+    # (a grid alone, as the report rules pass it, has no heads: only the objective can tell)
+    return config.get(adaptation, {}).get("head") == "unet" or has_decoder(objective)
+
+
+def view(config: dict) -> dict:
+    """The slice of a config that `runs` reads: the grid, the segmentation heads (a UNet makes
+    the decoder width an axis) and the objectives' INIT settings (DDeP's encoder decides where it
+    can run). What the report rules pass, so they list exactly the workflow's runs."""
+    from sslseg.objectives import constant
+
+    inits = {o: {k: config["objectives"][o][k]} for o in config["grid"]["objectives"]
+             if (k := constant(o, "INIT")) and k in config["objectives"].get(o, {})}
+    return {"grid": config["grid"], "objectives": inits,
+            **{a: {"head": config[a]["head"]} for a in ("finetune", "probe")}}
 
 
 def first_run(config: dict, stage: str) -> Any | None:
@@ -127,14 +189,41 @@ def skipped(config: dict) -> list[str]:
     grid = config["grid"]
     if not any(grid["pretrain_sizes"]):
         return []
-    return [f"grid: no {o} pretraining on {b}: {o} masks patches, which {b} cannot (only ViTs can)"
-            for b in grid["backbones"] for o in grid["objectives"] if _incompatible(b, o)]
+    out = []
+    for b in grid["backbones"]:
+        for o in grid["objectives"]:
+            if _incompatible(b, o):
+                out.append(f"grid: no {o} pretraining on {b}: {o} masks patches, which {b} cannot (only ViTs can)")
+            elif _incompatible(b, o, config):
+                out.append(f"grid: no {o} pretraining on {b}: its encoder comes from "
+                           f"{encoder_objective(config, o)}, which cannot pretrain {b}")
+    return out
 
 
-def _incompatible(backbone: str, objective: str) -> bool:
+def _incompatible(backbone: str, objective: str, config: dict | None = None) -> bool:
+    """Whether `objective` cannot pretrain on `backbone`: it masks patches and the backbone
+    cannot, or it starts from another objective's checkpoint (`encoder_objective`) which cannot."""
     from sslseg.objectives import needs_mask  # stdlib only: reads the objective's file
 
-    return needs_mask(objective) and not backbones().get(backbone, FLAGS)["accepts_mask"]
+    if needs_mask(objective) and not backbones().get(backbone, FLAGS)["accepts_mask"]:
+        return True
+    source = encoder_objective(config, objective) if config else None
+    return source is not None and _incompatible(backbone, source)
+
+
+def is_path(value: str) -> bool:
+    """Whether a setting that names an objective or a file (objectives.ddep.encoder) names a file."""
+    return "/" in value or value.endswith((".pt", ".pth", ".safetensors", ".bin"))
+
+
+def encoder_objective(config: dict, objective: str) -> str | None:
+    """The pretraining objective whose checkpoint `objective` starts from (its module's `INIT`
+    names the settings key, e.g. DDeP's `encoder`), or None: none, or a file."""
+    from sslseg.objectives import constant
+
+    key = constant(objective, "INIT") if objective != NONE else None
+    value = config.get("objectives", {}).get(objective, {}).get(key) if key else None
+    return None if value is None or is_path(value) else value
 
 
 def by_path(items: list[Any], path_of) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from sslseg.config import load_config, model_settings, rule_resources, stage_set
 from sslseg.io import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-# Published sizes, used until the workflow has packed the real sets (their packs are then read).
-OFFICIAL = {"pets": 7_390, "intermediate_train": 14_034, "intermediate_test": 3_000}
+# Published sizes, used until the workflow has packed the real sets (their packs are then read);
+# pets: the images its trainval and test lists name, which is what pack_pets packs.
+OFFICIAL = {"pets": 7_349, "intermediate_train": 14_034, "intermediate_test": 3_000}
 STARTUP_S = 10  # per job: imports, reading the pack, checkpoints (4-5 s measured on CPU; CUDA init adds some)
 HEADROOM = 1.5
 # Stage → (resources key, throughput measurement in the benchmark JSON). The intermediate
@@ -37,6 +38,12 @@ def _image_steps(n: int, s: dict) -> int:
     if s["iterations"]:
         return s["iterations"] * s["batch_size"]
     return (n // s["batch_size"] * s["batch_size"] if s["drop_last"] else n) * s["epochs"]
+
+
+def _epochs(n: int, s: dict) -> int:
+    """Epochs `fit` runs over `n` images: `epochs`, or the epochs an `iterations` budget spans."""
+    per_epoch = n // s["batch_size"] if s["drop_last"] else -(-n // s["batch_size"])
+    return -(-s["iterations"] // per_epoch) if s["iterations"] and per_epoch else s["epochs"]
 
 
 def _count_images(folder: Path) -> int | None:
@@ -77,12 +84,18 @@ def dataset_sizes(cfg: dict, root: Path) -> dict[str, int]:
 def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict[str, list[tuple[int, str | None]]]:
     """Per stage, (images, backbone) of each job (image-steps for training, images read
     otherwise; no backbone for packing), for exactly the jobs the workflow runs: the runs and
-    checkpoints of sslseg.grid."""
+    checkpoints of sslseg.grid. Fine-tune sizes given as fractions ("5%") are resolved against
+    the fine-tune pool, as the subset rule will: the pets (packed, demo or listed count, else
+    7,349) minus the test set (and the validation set under train_val_test; split_sizes). With a
+    validation set, each fine-tune also scores it every epoch: a forward pass, counted as a third
+    of an image-step (the ratio `measure` assumes for evaluation) and added to its job."""
     import torch
 
+    from sslseg.data.splits import split_sizes
     from sslseg.optim import scale_for_device
 
     sizes, device = dataset_sizes(cfg, root), torch.device(device_type)
+    pool, val, test = split_sizes(sizes["pets"], cfg["data"]["pets"])
     runs = grid.runs(cfg)
     pretrained, inter = grid.by_path(runs, grid.pretrain_dir), grid.by_path(runs, grid.intermediate_dir)
 
@@ -100,8 +113,11 @@ def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict
         jobs["intermediate"] = [steps("intermediate", run, sizes["intermediate_train"]) for run in inter.values()]
         jobs["intermediate_eval"] = [(sizes["intermediate_test"], run.backbone) for run in inter.values()]
     downstream = grid.by_path(runs, grid.run_dir).values()
-    jobs["finetune"] = [steps(run.adaptation, run, run.finetune) for run in downstream]  # and probes
-    jobs["evaluate"] = [(cfg["data"]["pets"]["test_size"], run.backbone) for run in downstream]
+    for run in downstream:  # fine-tunes and probes
+        n = grid.resolve_size(run.finetune, pool)
+        s = scale_for_device(stage_settings(cfg, run.adaptation, run), device)
+        jobs["finetune"].append((_image_steps(n, s) + val * _epochs(n, s) // 3, run.backbone))
+    jobs["evaluate"] = [(test, run.backbone) for run in downstream]
     return jobs
 
 

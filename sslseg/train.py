@@ -70,8 +70,11 @@ def fingerprint(settings: dict) -> str:
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
+    """The history as CSV, a column per key of any row (a run resumed with validation turned on
+    has val_* only in its later rows; the others leave them empty)."""
+    fields = list(dict.fromkeys(k for row in rows for k in row)) or ["epoch"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["epoch"])
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(rows)
 
@@ -89,7 +92,7 @@ def train_step(step_fn: Callable, opt: torch.optim.Optimizer, batch: dict, gen: 
 
 
 def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: dict, *, runtime: dict,
-        name: str, resume_path: Path, log_path: Path) -> dict:
+        name: str, resume_path: Path, log_path: Path, validate: Callable[[nn.Module], dict] | None = None) -> dict:
     """Train `objective` (forward(batch, gen) → (loss, outputs)) for the budget in `settings`.
 
     settings: a training stage's (see the schema's $defs/optim): epochs, iterations, lr,
@@ -98,7 +101,11 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     change a result; none of them is part of the resume fingerprint). Returns
     {"history": [one row per epoch], "images_per_s", "device", "compiled", "steps"}; a history
     row (and a line of the log CSV) holds epoch, mean loss, the lr of the epoch's last step,
-    images_per_s and seconds.
+    images_per_s and seconds. `validate` (objective → {column: value}, e.g. sslseg.validate's
+    val_loss, val_miou, val_pixel_acc): called after every epoch, its columns and val_seconds
+    join that epoch's row. It cannot change the training: every epoch reseeds the global RNG and
+    the batch generator, and it runs with the CPU RNG state forked, so the losses are those of a
+    run without it (a test checks), and a resume continues either.
     """
     device = batches.device
     objective.to(device)
@@ -154,8 +161,17 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
                     bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         dt = time.perf_counter() - t0
         seen_total, time_total = seen_total + seen, time_total + dt
-        history.append({"epoch": epoch + 1, "loss": loss_sum.item() / steps, "lr": lr,
-                        "images_per_s": round(seen / dt, 2), "seconds": round(dt, 3)})
+        row = {"epoch": epoch + 1, "loss": loss_sum.item() / steps, "lr": lr,
+               "images_per_s": round(seen / dt, 2), "seconds": round(dt, 3)}
+        if validate is not None:
+            t1 = time.perf_counter()
+            with torch.random.fork_rng(devices=[]):
+                row.update(validate(objective))
+            row["val_seconds"] = round(time.perf_counter() - t1, 3)
+            print(f"[{name}] epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}, "
+                  + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_") and k != "val_seconds"),
+                  flush=True)
+        history.append(row)
         _write_log(log_path, history)
         if (epoch + 1) % runtime["checkpoint_every"] == 0 and epoch + 1 < epochs:
             save_torch(resume_path, {"fingerprint": key, "epoch": epoch + 1, "history": history,

@@ -15,7 +15,7 @@ from sslseg.report.curves import last_change, learning_curves, training_jobs
 
 GRID = {"backbones": ["viny"], "objectives": ["simmim"], "pretrain_data": ["random"], "pretrain_sizes": [0, 16],
         "intermediate": [False, True], "adaptations": ["finetune", "probe"], "labels": ["full"],
-        "finetune_sizes": [4], "seeds": [0, 1]}
+        "finetune_sizes": [4], "seeds": [0, 1], "decoder_widths": [1]}
 SETTINGS = {"style": "whitegrid", "dpi": 40}
 
 
@@ -89,3 +89,28 @@ def test_a_job_without_epochs_is_a_row_and_a_missing_log_names_itself(tmp_path):
     table = learning_curves(str(root), grid, str(out), SETTINGS).set_index("stage")
     assert table.loc["pretrain", "epochs"] == 0 and math.isnan(table.loc["pretrain", "last_10pct_change"])
     assert (out / "fig_curves_pretrain.png").exists()
+
+
+def test_fraction_sizes_and_validation_from_real_columns(tmp_path):
+    """Label budgets as fractions beside counts (paths `n5pct`), logs as sslseg.train writes them
+    with validation (val_loss, val_miou, val_pixel_acc): a line per size in order, counts first,
+    and the final and best validation mIoU per job."""
+    grid = {**GRID, "pretrain_sizes": [0], "intermediate": [False], "adaptations": ["finetune"],
+            "finetune_sizes": ["10%", 4, "5%"]}
+    root, out = tmp_path / "results", tmp_path / "report"
+    jobs = training_jobs(str(root), grid)
+    assert sorted(Path(log).parent.name for *_, log in jobs) == [
+        "finetune-full-n10pct-s0", "finetune-full-n10pct-s1", "finetune-full-n4-s0", "finetune-full-n4-s1",
+        "finetune-full-n5pct-s0", "finetune-full-n5pct-s1"]
+    for _, _, run, log in jobs:
+        pd.DataFrame({"epoch": [1, 2, 3], "loss": [3.0, 2.0, 1.5], "lr": 1e-3, "images_per_s": 10.0, "seconds": 0.5,
+                      "val_loss": [1.0, 0.8, 0.9], "val_miou": [0.3, 0.6, 0.5], "val_pixel_acc": [0.5, 0.7, 0.6],
+                      "val_seconds": 0.1}).to_csv(Path(log).parent.mkdir(parents=True) or log, index=False)
+    table = learning_curves(str(root), grid, str(out), SETTINGS)
+    assert (table.final_val_miou == 0.5).all() and (table.best_val_miou == 0.6).all()
+    assert (table.best_val_epoch == 2).all()
+    from sslseg.report.curves import _place
+
+    lines = sorted((_place(stage, folder, run)[2], _place(stage, folder, run)[1]) for stage, folder, run, _ in jobs)
+    assert [line for _, line in lines][::2] == ["4 images", "5% of the pool", "10% of the pool"]
+    assert (out / "fig_curves_finetune.png").stat().st_size > 1000

@@ -90,7 +90,7 @@ def test_finetune_size_larger_than_the_pool(tmp_path):
 BAD_CONFIGS = [
     ("grid: {seeds: [zero]}", "grid.seeds.0: 'zero' is not of type 'integer'"),
     ("finetune: {lerning_rate: 0.1}", "finetune: unknown key ('lerning_rate' was unexpected)"),
-    ("grid: {objectives: [simmmim]}", "grid.objectives: 'simmmim' is unknown; available: simmim"),
+    ("grid: {objectives: [simmmim]}", "grid.objectives: 'simmmim' is unknown; available: ddep, dep, mae, simmim"),
     ("grid: {objectives: [segment]}", "grid.objectives: 'segment' is not a pretraining objective"),
     ("objectives: {mea: {}}", "objectives.mea: no such objective"),
     ("objectives: {simmim: {mask_ratio: 0.5, lr: 0.1}}", "objectives.simmim: unknown key ('lr' was unexpected)"),
@@ -130,6 +130,24 @@ BAD_CONFIGS = [
     ("resources: {finetune: {gpu: 2}}", "resources.finetune.gpu: 2 is greater than the maximum of 1"),
     ("resources: {finetune: {cpus_per_gpu: 0}}", "resources.finetune.cpus_per_gpu: 0 is less than the minimum of 1"),
     ("resources: {pretrain: {partition: gpu}}", "resources.pretrain: unknown key ('partition' was unexpected)"),
+    # every objective on one grid (decoders, weights files, DDeP's encoder, recipes, fractions, splits)
+    ("grid: {decoder_widths: [4]}", "grid.decoder_widths.0: 4 is greater than the maximum of 3"),
+    ("grid: {objectives: [simmim], decoder_widths: [1, 2]}", "grid.decoder_widths: [1, 2] changes nothing: no run "
+     "has a UNet decoder"),
+    ("model: {weights: {resnet50: /nonexistent/resnet50.pth}}", "model.weights.resnet50: /nonexistent/resnet50.pth "
+     "is not a file (nothing is downloaded at run time)"),
+    ("model: {weights: {resnet51: r.pth}}", "model.weights.resnet51: no such backbone"),
+    ("objectives: {ddep: {encoder: byol}}", "objectives.ddep.encoder: 'byol' is not another objective of "
+     "grid.objectives (simmim, mae, dep)"),
+    ("objectives: {ddep: {encoder: ckpt/missing.pt}}", "objectives.ddep.encoder: ckpt/missing.pt is not a file"),
+    ("objectives: {mae: {decoder: huge}}", "objectives.mae.decoder: 'huge' is not one of ['mae', 'small']"),
+    ("objectives: {dep: {gamma_range: [0.95, 0.9]}}", "objectives.dep.gamma_range: [0.95, 0.9] is not [low, high]"),
+    ("finetune: {recipe: study_d}", "finetune.recipe: 'study_d' is not in recipes (available: adamw_multistep, "
+     "adam_cosine)"),
+    ("grid: {finetune_sizes: ['150%']}", "grid.finetune_sizes.0: '150%' does not match"),
+    ("grid: {pretrain_data: [animals]}", "grid.pretrain_data.0: 'animals' is not one of"),
+    ("data: {pets: {split: train_val_test, val_fraction: 0.5, test_fraction: 0.5}}",
+     "data.pets.val_fraction: 0.5 + data.pets.test_fraction 0.5 leave no pets to train on"),
 ]
 
 
@@ -151,6 +169,8 @@ def test_every_config_mistake_is_one_line_naming_the_key(tmp_path, override, lin
     "model: {image_size: 100}\ngrid: {backbones: [resnet18]}",  # no patches, any size
     "pretrain: {epochs: 40, schedule: cosine}",  # milestones are ignored by a cosine schedule
     "finetune: {batch_size: 300}",  # no labelled image dropped: one short batch of 250
+    "grid: {finetune_sizes: ['1%', '5%', 250, '100%'], decoder_widths: [1, 2, 3]}\nfinetune: {recipe: adam_cosine}",
+    "grid: {pretrain_data: [in_domain, out_domain, mixed]}\ndata: {pets: {split: train_val_test}}",
     # the SLURM plugin's per-rule keys
     "resources: {finetune: {slurm_partition: gpu, constraint: a100, cpus_per_gpu: 4, slurm_extra: '--nice=10'}}",
 ])

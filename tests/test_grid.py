@@ -12,18 +12,24 @@ from sslseg.config import load_config, merge, validate
 from sslseg.io import UserError
 
 
-def config(**grid_over) -> dict:
-    """The default config with study A's two downstream axes (fine-tune, full labels) unless given,
-    and batches small enough for the tiny sizes some tests use (the run list ignores them)."""
+def config(over: dict | None = None, **grid_over) -> dict:
+    """The default config with study A's backbone, objective and two downstream axes (fine-tune,
+    full labels) unless given, and batches small enough for the tiny sizes some tests use (the
+    run list ignores them); `over`: more config keys."""
     cfg = load_config(ROOT / "config.yaml")
     small = {stage: {"batch_size": 4} for stage in ("pretrain", "finetune", "probe")}
-    return validate(merge(cfg, {**small, "grid": {"adaptations": ["finetune"], "labels": ["full"], **grid_over}}))
+    study_a = {"backbones": ["viny"], "objectives": ["simmim"], "adaptations": ["finetune"], "labels": ["full"]}
+    return validate(merge(merge(cfg, small), {**(over or {}), "grid": {**study_a, **grid_over}}))
 
 
-def test_default_grid_holds_the_seeds_studies_a_and_b():
+def test_default_grid_holds_every_objective_and_the_resnet_baseline():
     runs = grid.runs(load_config(ROOT / "config.yaml"))
-    assert len(runs) == 4 * 2 * 6 * 3 * 2 * 4  # study A's grid x (finetune, probe) x 4 label qualities
-    assert grid.run_dir(runs[-1]) == "viny/simmim-random-200000-i1/probe-noisy-n6000-s2"
+    # ViNy: scratch + (simmim, mae, dep, ddep) x 3 sizes; ResNet-50: scratch + dep x 3 sizes;
+    # each x intermediate x (finetune, probe) x 4 label qualities x 6 sizes x 3 seeds
+    assert len(runs) == (13 + 4) * 2 * 2 * 4 * 6 * 3
+    assert {r.objective for r in runs} == {"none", "simmim", "mae", "dep", "ddep"}
+    assert {r.objective for r in runs if r.backbone == "resnet50"} == {"none", "dep"}
+    assert grid.run_dir(runs[-1]) == "resnet50/dep-random-200000-i1/probe-noisy-n6000-s2"
     runs = grid.runs(config())
     assert len(grid.by_path(runs, grid.pretrain_dir)) == 3 and len(grid.by_path(runs, grid.intermediate_dir)) == 4
     assert grid.run_dir(runs[0]) == "viny/scratch-i0/finetune-full-n250-s0"
@@ -93,3 +99,72 @@ def test_figures_and_tables_keep_backbones_apart(tmp_path):
     miou_figure(str(tmp_path / "runs.csv"), str(tmp_path / "m.png"), {"style": "whitegrid", "dpi": 50})
     delta_figure(str(tmp_path / "runs.csv"), str(tmp_path / "d.png"), {"style": "whitegrid", "dpi": 50})
     assert (tmp_path / "m.png").stat().st_size > 1000 and (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_decoder_widths_are_an_axis_only_where_a_decoder_exists():
+    cfg = config(objectives=["simmim", "dep"], pretrain_sizes=[0, 16], intermediate=[False], finetune_sizes=[4],
+                 seeds=[0], decoder_widths=[1, 2])
+    dirs = sorted(grid.run_dir(r) for r in grid.runs(cfg))
+    # pixel head: only dep's decoder has a width; simmim and scratch runs appear once (width 1)
+    assert dirs == ["viny/dep-random-16-i0/finetune-full-n4-s0", "viny/dep-random-16-w2-i0/finetune-full-n4-s0-w2",
+                    "viny/scratch-i0/finetune-full-n4-s0", "viny/simmim-random-16-i0/finetune-full-n4-s0"]
+    unet = config({"finetune": {"head": "unet"}}, objectives=["simmim", "dep"], pretrain_sizes=[0, 16],
+                  intermediate=[False], finetune_sizes=[4], seeds=[0], decoder_widths=[1, 2])
+    runs = grid.runs(unet)
+    assert len(runs) == 3 * 2  # with a UNet head every init has both widths
+    # simmim pretrains no decoder: one pretraining serves both widths; dep pretrains one per width
+    assert sorted(grid.by_path(runs, grid.pretrain_dir)) == ["viny/dep-random-16", "viny/dep-random-16-w2",
+                                                             "viny/simmim-random-16"]
+
+
+def test_stage_settings_carry_the_decoder_only_where_it_shapes_the_model():
+    from sslseg.config import stage_settings
+
+    unet = config({"finetune": {"head": "unet"}}, objectives=["simmim", "dep"], pretrain_sizes=[16],
+                  intermediate=[False], finetune_sizes=[4], seeds=[0], decoder_widths=[2])
+    simmim, dep = sorted(grid.runs(unet), key=lambda r: r.objective != "simmim")
+    assert "decoder_width" not in stage_settings(unet, "pretrain", simmim)["model"]
+    assert stage_settings(unet, "pretrain", dep)["model"]["decoder_width"] == 2
+    assert stage_settings(unet, "finetune", simmim)["model"]["decoder_channels"] == [1024, 512, 256, 128, 64]
+    # dep's own recipe (seed 004: Adam, cosine, 6e-5) over the shared pretrain: section
+    s = stage_settings(unet, "pretrain", dep)
+    assert (s["optimizer"], s["schedule"], s["lr"], s["epochs"]) == ("adam", "cosine", 6e-5, 100)
+    assert stage_settings(unet, "pretrain", simmim)["optimizer"] == "adamw"
+
+
+def test_ddep_starts_from_its_encoder_objective_and_freezes_it():
+    from sslseg.config import stage_settings
+
+    cfg = config(backbones=["viny", "resnet18"], objectives=["simmim", "ddep"], pretrain_sizes=[16],
+                 intermediate=[False], finetune_sizes=[4], seeds=[0])
+    runs = grid.runs(cfg)
+    assert sorted(grid.pretrain_dir(r) for r in runs) == ["viny/ddep-random-16", "viny/simmim-random-16"]
+    assert grid.skipped(cfg)[-1] == ("grid: no ddep pretraining on resnet18: its encoder comes from simmim, "
+                                     "which cannot pretrain resnet18")
+    ddep = next(r for r in runs if r.objective == "ddep")
+    assert grid.encoder_objective(cfg, "ddep") == "simmim"
+    assert stage_settings(cfg, "pretrain", ddep)["freeze"] == ["backbone."]
+    assert grid.encoder_objective(config({"objectives": {"ddep": {"encoder": "x/model.pt"}}}), "ddep") is None
+
+
+def test_label_budgets_as_fractions_of_the_pool():
+    cfg = config(pretrain_sizes=[0], intermediate=[False], finetune_sizes=["1%", 250, "100%"], seeds=[0])
+    assert [grid.run_dir(r).split("/")[-1] for r in grid.runs(cfg)] == [
+        "finetune-full-n1pct-s0", "finetune-full-n250-s0", "finetune-full-n100pct-s0"]
+    assert [grid.resolve_size(v, 5144) for v in ("1%", "0.5%", 250, "100%", "5pct")] == [51, 26, 250, 5144, 257]
+    assert grid.resolve_size("1%", 20) == 1  # never an empty subset
+
+
+def test_named_recipes_override_the_finetune_section():
+    from sslseg.config import stage_settings
+
+    cfg = config({"finetune": {"recipe": "adam_cosine", "epochs": 50}}, pretrain_sizes=[0], intermediate=[False],
+                 finetune_sizes=[4], seeds=[0])
+    s = stage_settings(cfg, "finetune", grid.runs(cfg)[0])
+    assert (s["optimizer"], s["schedule"], s["lr"], s["epochs"]) == ("adam", "cosine", 1e-4, 50)
+    assert s["augment"]["scale"] == [0.08, 1.0] and "recipe" not in s
+    base = config(pretrain_sizes=[0], intermediate=[False], finetune_sizes=[4], seeds=[0])
+    a = stage_settings(base, "finetune", grid.runs(base)[0])
+    b = stage_settings(config({"finetune": {"recipe": "adamw_multistep"}}, pretrain_sizes=[0], intermediate=[False],
+                              finetune_sizes=[4], seeds=[0]), "finetune", grid.runs(base)[0])
+    assert a == b  # study A's recipe is the finetune: section's defaults

@@ -50,14 +50,17 @@ def test_objectives_are_listed_without_importing_torch():
     out = _python("import sys, sslseg.objectives as o\n"
                   "print(o.available(), o.pretraining())\n"
                   "assert 'torch' not in sys.modules, 'listing objectives imported torch'", ROOT)
-    assert out.strip() == "['classify', 'segment', 'simmim'] ['simmim']"
-    assert available() == ["classify", "segment", "simmim"] and pretraining() == ["simmim"]
+    every = "['classify', 'ddep', 'dep', 'mae', 'segment', 'simmim'] ['ddep', 'dep', 'mae', 'simmim']"
+    assert out.strip() == every
+    assert available() == ["classify", "ddep", "dep", "mae", "segment", "simmim"]
+    assert pretraining() == ["ddep", "dep", "mae", "simmim"]
 
 
 def test_unknown_objective_is_a_one_line_error():
     with pytest.raises(UserError) as e:
-        build_objective("mae", {})
-    assert str(e.value) == "grid.objectives: unknown objective 'mae'; available: classify, segment, simmim"
+        build_objective("byol", {})
+    assert str(e.value) == ("grid.objectives: unknown objective 'byol'; available: "
+                            "classify, ddep, dep, mae, segment, simmim")
 
 
 def test_a_new_objective_is_one_file(tmp_path):
@@ -69,7 +72,8 @@ def test_a_new_objective_is_one_file(tmp_path):
                   "loss, out = model({'x': torch.ones(2, 4)}, None)\n"
                   "print(o.available(), o.pretraining(), type(model).__name__, tuple(out['out'].shape))" % str(tmp_path),
                   tmp_path)
-    assert out.strip() == "['classify', 'segment', 'simmim', 'toy'] ['simmim', 'toy'] Toy (2, 1)"
+    assert out.strip() == ("['classify', 'ddep', 'dep', 'mae', 'segment', 'simmim', 'toy'] "
+                           "['ddep', 'dep', 'mae', 'simmim', 'toy'] Toy (2, 1)")
 
 
 def test_build_objective_reads_the_complete_settings():

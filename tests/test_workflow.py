@@ -23,11 +23,14 @@ def test_lint_is_clean():
 
 def test_default_config_plans_the_seeds_full_grid():
     jobs = planned_jobs(ROOT)
-    # 4 pretraining sizes (0, 45k, 100k, 200k) x with/without intermediate x 6 sizes x 3 seeds
-    # x 4 label qualities, for the fine-tune and again for the probe
-    assert jobs["finetune"] == 4 * 2 * 6 * 3 * 4 == jobs["probe"] == jobs["evaluate"] // 2
+    # inits: ViNy from scratch or pretrained by each of simmim, mae, dep, ddep at 3 sizes (45k,
+    # 100k, 200k); the ResNet-50 baseline from scratch or by dep (the masking objectives, and
+    # ddep whose encoder is simmim's, cannot pretrain a ResNet): 13 + 4 = 17. Each with/without
+    # intermediate x 6 sizes x 3 seeds x 4 label qualities, fine-tuned and again probed
+    inits = (1 + 4 * 3) + (1 + 3)
+    assert jobs["finetune"] == inits * 2 * 6 * 3 * 4 == jobs["probe"] == jobs["evaluate"] // 2
     assert jobs["weak_labels"] == 3 * 3  # scribbles, points, noisy x seeds: one cached set each
-    assert jobs["pretrain"] == 3 and jobs["intermediate"] == 4 and jobs["subset"] == 6 * 3
+    assert jobs["pretrain"] == 4 * 3 + 3 and jobs["intermediate"] == inits and jobs["subset"] == 6 * 3
 
 
 def test_tiny_run_writes_every_artifact(tiny_run):

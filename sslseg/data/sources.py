@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from sslseg.data import domains
 from sslseg.io import Output, UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -239,12 +240,17 @@ def extract_intel(archive: str, out: Output) -> Path:
 
 
 
-def subset_records(records: list[Record], size: int, seed: int, mode: str) -> list[Record]:
+def subset_records(records: list[Record], size: int, seed: int, mode: str,
+                   classes: domains.ClassList | None = None) -> list[Record]:
     """A nested subset: the first `size` of a seeded order, so smaller sizes lie inside larger ones.
 
     `random` draws uniformly; `stratified` deals the classes round-robin so every
-    prefix is as class-balanced as the folder allows.
+    prefix is as class-balanced as the folder allows; `in_domain`, `out_domain` and
+    `mixed` draw uniformly from the classes in `classes` (default: the shipped ImageNet
+    animal list), from the others, or alternately from both (see sslseg.data.domains).
     """
+    if mode in domains.MODES:  # before the pool-size check: its own message names the domain
+        return domains.domain_subset(records, size, seed, mode, classes)
     if size > len(records):
         raise UserError(f"pretrain size {size} is larger than the {len(records)} images available; lower grid.pretrain_sizes")
     rng = np.random.default_rng(seed)
@@ -263,6 +269,7 @@ def subset_records(records: list[Record], size: int, seed: int, mode: str) -> li
                     order.append(q.pop())
         order = np.asarray(order)
     else:
-        raise UserError(f"grid.pretrain_data: unknown subset {mode!r}; use 'random' or 'stratified'")
+        raise UserError(f"grid.pretrain_data: unknown subset {mode!r}; use one of random, stratified, "
+                        f"{', '.join(domains.MODES)}")
     return [records[i] for i in order[:size]]
 

@@ -1,13 +1,23 @@
-"""Deterministic test split and nested fine-tune subsets, recorded as index files."""
+"""Deterministic splits of the pets pack and nested fine-tune subsets, recorded as index files.
+
+Two protocols (`data.pets.split`): `test_draw` (test_size images drawn with test_seed; the rest
+is the fine-tune pool) and `train_val_test` (one permutation seeded with test_seed cut into the
+pool, a validation set and a test set, by default 70/15/15 %: seed 003's protocol). Fine-tune
+subsets are drawn from the pool only, as counts or as fractions of it ("5%"), and are nested: the
+subset of a size is the first rows of the seed's permutation of the pool, whatever its unit.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sslseg.io import UserError, atomic_path
+
+SPLITS = ("test_draw", "train_val_test")
 
 
 def draw_test_split(n: int, test_size: int, seed: int = 42) -> tuple[np.ndarray, np.ndarray]:
@@ -20,20 +30,91 @@ def draw_test_split(n: int, test_size: int, seed: int = 42) -> tuple[np.ndarray,
     return perm[: n - test_size], perm[n - test_size:]
 
 
-def finetune_subset(pool: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """The first `size` rows of the pool in an order fixed by `seed`: nested across sizes."""
-    if size > len(pool):
+def split_sizes(n: int, settings: dict) -> tuple[int, int, int]:
+    """(pool, val, test) image counts of a pack of `n` images under `settings` (data.pets: split,
+    test_size, val_fraction, test_fraction). train_val_test: val and test are round(fraction · n),
+    the pool the rest (70/15/15 % by default); test_draw: no validation images."""
+    split = settings.get("split", "test_draw")
+    if split not in SPLITS:
+        raise UserError(f"data.pets.split: {split!r} is not one of {', '.join(SPLITS)}")
+    if split == "test_draw":
+        test = settings["test_size"]
+        if test >= n:
+            raise UserError(f"data.pets.test_size: {test} leaves no images to fine-tune on (the pack has {n}); lower it")
+        return n - test, 0, test
+    vf, tf = settings["val_fraction"], settings["test_fraction"]
+    if not (0 < vf < 1 and 0 < tf < 1) or vf + tf >= 1:
+        raise UserError(f"data.pets.val_fraction: {vf} with data.pets.test_fraction {tf} leaves no training pool "
+                        "(each must be in (0, 1) and their sum below 1); lower them")
+    val, test = round(vf * n), round(tf * n)
+    for key, k in (("val_fraction", val), ("test_fraction", test)):
+        if k < 1:
+            raise UserError(f"data.pets.{key}: {vf if key == 'val_fraction' else tf} of {n} images is no image; "
+                            "raise it or pack more images")
+    if n - val - test < 1:
+        raise UserError(f"data.pets.val_fraction: {vf} with data.pets.test_fraction {tf} of {n} images leaves no "
+                        "training pool; lower them")
+    return n - val - test, val, test
+
+
+def draw_splits(n: int, settings: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pool, val, test) row indices of a pack of `n` images (`split_sizes`): one permutation
+    seeded with settings["test_seed"], cut in that order. Under test_draw this is exactly
+    `draw_test_split` (val empty), so switching protocols keeps the old test set's recipe."""
+    pool, val, _ = split_sizes(n, settings)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(settings["test_seed"])).numpy()
+    return perm[:pool], perm[pool:pool + val], perm[pool + val:]
+
+
+def parse_size(size: int | str) -> int | str:
+    """A fine-tune size as the config or a path writes it: a count (250, "250") → int; a fraction
+    of the pool ("5%", "5pct", "0.5%") → "P%"."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value: int | str = size
+    else:
+        text = str(size).strip()
+        m = re.fullmatch(r"(\d+(?:\.\d+)?)(%|pct)", text)
+        if text.isdigit():
+            value = int(text)
+        elif m and 0 < float(m.group(1)) <= 100:
+            return f"{m.group(1)}%"
+        else:
+            raise UserError(f"grid.finetune_sizes: {size!r} is neither a count of images (250) nor a fraction of "
+                            "the pool in (0, 100] % (\"5%\")")
+    if value < 1:
+        raise UserError(f"grid.finetune_sizes: {value} images is no image; use a count of at least 1")
+    return value
+
+
+def resolve(size: int | str, pool: int) -> int:
+    """A fine-tune size (`parse_size`) as a count of images of a pool of `pool`: a count as is, a
+    fraction P % → max(1, round(P/100 · pool)). The formula of sslseg.grid.resolve_size (the
+    planner's; a test holds them equal), not an import of it: this module is code of every data
+    stage (sslseg.stages.data), so importing sslseg.grid would rerun the packing on every edit
+    of the grid."""
+    value = parse_size(size)
+    return value if isinstance(value, int) else max(1, round(float(value[:-1]) / 100 * pool))
+
+
+def finetune_subset(pool: np.ndarray, size: int | str, seed: int) -> np.ndarray:
+    """The first `size` rows of the pool in an order fixed by `seed`: nested across sizes, counts
+    and fractions alike (a fraction is resolved against the pool first, `resolve`)."""
+    count = resolve(size, len(pool))
+    if count > len(pool):
         raise UserError(
             f"grid.finetune_sizes: {size} is larger than the fine-tune pool of {len(pool)} images "
-            "(pack minus test set); lower it or use more data"
+            "(pack minus test and validation sets); lower it, use a fraction (\"10%\") or more data"
         )
     perm = torch.randperm(len(pool), generator=torch.Generator().manual_seed(seed)).numpy()
-    return pool[perm[:size]]
+    return pool[perm[:count]]
 
 
 def read_rows(path: str | Path) -> np.ndarray:
-    """A row-index file (one integer per line) written by `write_rows`."""
+    """A row-index file (one integer per line) written by `write_rows`; an empty file (no
+    validation set under test_draw) is no rows."""
     try:
+        if Path(path).stat().st_size == 0:
+            return np.empty(0, np.int64)
         return np.loadtxt(path, dtype=np.int64, ndmin=1)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable index file ({e}); delete it and rerun the splits stage") from None

@@ -5,6 +5,12 @@ another stage's checkpoint is strict: every backbone key must match. Keys of
 the source stage's head (and SimMIM's mask token) are the only ones allowed to
 be dropped, and they are reported, because a silently failed load would train
 from scratch under a "pretrained" label.
+
+A UNet decoder (`decoder.*`: DeP/DDeP's, the unet segmentation head's) carries over too
+(`load_init`), strictly, except its final 1×1 conv `decoder.output.*`: that layer is
+task-specific (3 noise channels of DeP vs the classes of a segmenter; equal in shape for
+3 classes, but a noise predictor's weights are no start for class logits), so a fine-tune
+always starts it fresh, whatever the class count, and it is reported as dropped.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import torch
 import torch.nn as nn
 
 from sslseg.io import UserError, save_torch
+from sslseg.models.unet import OUTPUT
 
 BACKBONE = "backbone."
+DECODER = "decoder."  # the UNet decoder's name in every model that has one
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict) -> None:
@@ -36,13 +44,27 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is an sslseg checkpoint ({"model": state dict with `backbone.*` keys}),
+    rather than a plain weights file of another library (sslseg.models.weights)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unreadable: read_checkpoint says so, naming the file
+        return True
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) and \
+        any(str(k).startswith(BACKBONE) for k in ckpt["model"])
+
+
 def load_backbone(model: nn.Module, path: str | Path) -> list[str]:
     """Copy the `backbone.*` weights of checkpoint `path` into `model.backbone`, strictly.
 
     Returns the checkpoint keys that were dropped (the source's head); raises
     UserError naming the keys on any backbone mismatch.
     """
-    state = read_checkpoint(path)["model"]
+    return _load_backbone(model, read_checkpoint(path)["model"], path)
+
+
+def _load_backbone(model: nn.Module, state: dict, path: str | Path) -> list[str]:
     backbone = {k[len(BACKBONE):]: v for k, v in state.items() if k.startswith(BACKBONE)}
     dropped = sorted(k for k in state if not k.startswith(BACKBONE))
     if not backbone:
@@ -61,6 +83,35 @@ def load_backbone(model: nn.Module, path: str | Path) -> list[str]:
                             "check model.image_size / patch_size")
     target.load_state_dict(backbone, strict=True)
     return dropped
+
+
+def load_init(model: nn.Module, path: str | Path, decoder: bool = True) -> list[str]:
+    """What a stage takes from its init checkpoint `path`: the backbone, strictly (as
+    `load_backbone`), and, with `decoder` and where both the model and the checkpoint have a
+    UNet decoder, every `decoder.*` weight but the task-specific output conv `decoder.output.*`.
+
+    Returns the checkpoint keys not loaded (its head, mask token, output conv; its decoder
+    where the model has none or `decoder` is False). A decoder of another width or layout is a
+    UserError: pretraining and fine-tune must use the same decoder settings.
+    """
+    state = read_checkpoint(path)["model"]
+    dropped = set(_load_backbone(model, state, path))
+    target = getattr(_unwrap(model), "decoder", None)
+    skip = DECODER + OUTPUT
+    source = {k[len(DECODER):]: v for k, v in state.items() if k.startswith(DECODER) and not k.startswith(skip)}
+    if not (decoder and isinstance(target, nn.Module) and source):
+        return sorted(dropped)
+    own = {k: v for k, v in target.state_dict().items() if not k.startswith(OUTPUT)}
+    if set(own) != set(source):
+        missing, unexpected = sorted(set(own) - set(source)), sorted(set(source) - set(own))
+        raise UserError(f"{path}: its decoder does not match this model's (missing {missing[:3]}, unexpected "
+                        f"{unexpected[:3]}); pretraining and fine-tune must use the same model.decoder_channels")
+    for k, v in own.items():
+        if v.shape != source[k].shape:
+            raise UserError(f"{path}: decoder.{k} has shape {tuple(source[k].shape)}, model expects {tuple(v.shape)}; "
+                            "pretrain and fine-tune the decoder at the same grid.decoder_widths")
+    target.load_state_dict(source, strict=False)  # strict on everything but the output conv (checked above)
+    return sorted(dropped - {DECODER + k for k in source})
 
 
 def load_model(model: nn.Module, path: str | Path, ckpt: dict | None = None) -> dict:

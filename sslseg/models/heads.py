@@ -1,5 +1,6 @@
 """Heads on backbone features: a per-location pixel head (SimMIM, segmentation), a linear head
-upsampled to pixels (frozen probes) and a classifier."""
+upsampled to pixels (frozen probes), the UNet decoder (sslseg.models.unet, seed 004) and a
+classifier."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sslseg.models.unet import UNetDecoder
 from sslseg.models.vit import unpatchify
 
 
@@ -46,7 +48,12 @@ class LinearHead(nn.Module):
         return F.interpolate(logits, scale_factor=self.reduction, mode="bilinear", align_corners=False)
 
 
-SEGMENTATION_HEADS = {"pixel": PixelHead, "linear": LinearHead}
+# Segmentation heads by `finetune.head` / `probe.head`. A map head is built as (dim, reduction,
+# classes, dropout) and reads `forward_maps`; a head in PYRAMID_HEADS is built on the backbone
+# and reads `forward_pyramid` (sslseg.objectives.segment keeps it as `decoder`, the name DeP and
+# DDeP give theirs, so a pretrained decoder's weights carry into the fine-tune).
+SEGMENTATION_HEADS = {"pixel": PixelHead, "linear": LinearHead, "unet": UNetDecoder}
+PYRAMID_HEADS = {"unet"}
 
 
 class ClassifierHead(nn.Module):

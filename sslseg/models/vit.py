@@ -82,6 +82,19 @@ class ViTBackbone(VisionTransformer):
         x = self.blocks(x)
         return self.norm(x)
 
+    def forward_visible(self, images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W), `keep` (B, K) long patch indices → tokens (B, 1 + K, D) after the final
+        norm: the class token, then only the kept patches (MAE's encoder, models_mae.py
+        forward_encoder). Position embeddings are added before the gather, so each kept token
+        carries its own position; the blocks then cost K + 1 tokens, not N + 1."""
+        x = self.patch_embed(images) + self.pos_embed[:, self.num_prefix_tokens:]
+        x = x.gather(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
+        x = self.pos_drop(torch.cat([cls, x], dim=1))
+        x = self.norm_pre(x)
+        x = self.blocks(x)
+        return self.norm(x)
+
     def forward_maps(self, images: torch.Tensor, mask: torch.Tensor | None = None,
                      mask_token: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 3, H, W) → patch features (B, D, H/p, W/p); see `forward_tokens` for the mask."""

@@ -2,7 +2,10 @@
 
 A module there provides `build(settings: dict) -> nn.Module` (the module's
 `forward(batch, gen)` returns `(loss, outputs)`) and a constant `PRETRAINING`
-(True for a self-supervised pretraining objective). Adding a file is all it
+(True for a self-supervised pretraining objective). Optional literal constants the workflow
+reads from the source: `NEEDS_MASK` (masks patches: ViTs only), `DECODER` (pretrains a
+decoder, so its pretraining depends on the decoder width), `FREEZE` (parameter-name prefixes
+it never trains) and `INIT` (the settings key naming the checkpoint it starts from). Adding a file is all it
 takes: there is no table to edit. This file imports only the standard library,
 so the workflow can list objectives without torch.
 """
@@ -29,7 +32,20 @@ def pretraining() -> list[str]:
 
 def needs_mask(name: str) -> bool:
     """Whether objective `name` masks patches (`NEEDS_MASK = True`), read from the source."""
-    return _constant(_HERE / f"{name}.py", "NEEDS_MASK") is True
+    return declares(name, "NEEDS_MASK")
+
+
+def declares(name: str, flag: str) -> bool:
+    """Whether objective `name`'s module sets `flag = True` (e.g. DECODER: it pretrains a
+    decoder), read from the source without importing it."""
+    return constant(name, flag) is True
+
+
+def constant(name: str, key: str) -> Any:
+    """A literal module constant of objective `name` (None if absent), e.g. FREEZE: the
+    parameter-name prefixes the objective never trains (DDeP's frozen encoder)."""
+    path = _HERE / f"{name}.py"
+    return _constant(path, key) if path.exists() else None
 
 
 def build_objective(name: str, settings: dict) -> Any:

@@ -32,10 +32,10 @@ def last_change(loss: Sequence[float], tail: float = TAIL) -> float:
 
 
 def training_jobs(root: str, grid: dict) -> list[tuple[str, str, Any, str]]:
-    """(stage, folder under `root`, run, log path) of every training job of `grid` (the config's
-    `grid:`) under `root` (results/<name>): pretrainings, intermediate steps, then fine-tunes and
+    """(stage, folder under `root`, run, log path) of every training job of `grid` (sslseg.grid.view
+    of the config, or its bare `grid:`) under `root` (results/<name>): pretrainings, intermediate steps, then fine-tunes and
     probes. A pretraining's or intermediate step's `run` is the first downstream run using it."""
-    runs = G.runs({"grid": grid})
+    runs = G.runs(grid if "grid" in grid else {"grid": grid})  # sslseg.grid.view, or a bare grid
     folders = [(stage, f"{stage}/{d}", run)
                for stage, path_of in (("pretrain", G.pretrain_dir), ("intermediate", G.intermediate_dir))
                for d, run in G.by_path(runs, path_of).items()]
@@ -60,11 +60,17 @@ def read_log(path: str) -> pd.DataFrame:
 def _place(stage: str, folder: str, run: Any) -> tuple[str, str, Any]:
     """(panel, line, line order) of a job in its stage's figure. Pretrainings and intermediate
     steps: one line each in one panel. Fine-tunes and probes: a panel per initialisation and
-    label kind, a line per fine-tune size (its seeds averaged), as dozens of runs stay readable."""
+    label kind, a line per fine-tune size (its seeds averaged), as dozens of runs stay readable;
+    sizes in order, counts ("250 images") before fractions of the pool ("5% of the pool")."""
     if stage in ("pretrain", "intermediate"):
         return "", folder.split("/", 1)[1], 0
     init = G.pretrain_name(run) + (" + intermediate" if run.intermediate else "")
-    return f"{run.backbone} {init}, {run.labels} labels", f"{run.finetune} images", run.finetune
+    size = run.finetune
+    if isinstance(size, str):  # a fraction "P%": ordered after every count
+        line, order = f"{size} of the pool", 1e12 + float(size.rstrip("%"))
+    else:
+        line, order = f"{size} images", size
+    return f"{run.backbone} {init}, {run.labels} labels", line, order
 
 
 def curves_figure(stage: str, curves: pd.DataFrame, out: str, settings: dict) -> None:
@@ -105,15 +111,17 @@ def curves_figure(stage: str, curves: pd.DataFrame, out: str, settings: dict) ->
             ax.legend(title="loss change over the last 10 % of epochs", title_fontsize=7, fontsize=7)
     seeds = curves.groupby(["panel", "line"]).run.nunique().max() if len(curves) else 0
     spread = f", mean and range over {seeds} seeds" if seeds > 1 else ""
-    fig.suptitle(f"{stage}: training loss per epoch{spread}")
+    what = "training loss (solid) and validation mIoU (dashed)" if val else "training loss"
+    fig.suptitle(f"{stage}: {what} per epoch{spread}")
     save(fig, out, settings["dpi"])
 
 
 def learning_curves(root: str, grid: dict, outdir: Output, settings: dict) -> pd.DataFrame:
     """The training logs of every job of `grid` under `root` (results/<name>) → `outdir`/convergence.csv
-    (a row per job: stage, run folder, epochs, final loss, last_10pct_change, and final_val_miou
-    where validated) and `outdir`/fig_curves_<stage>.png and .pdf for each training stage of the
-    grid (pretrain, intermediate, finetune, probe). settings: style, dpi."""
+    (a row per job: stage, run folder, epochs, final loss, last_10pct_change, and where validated
+    final_val_miou, best_val_miou and its best_val_epoch) and `outdir`/fig_curves_<stage>.png
+    and .pdf for each training stage of the grid (pretrain, intermediate, finetune, probe).
+    settings: style, dpi."""
     rows, curves = [], []
     for stage, folder, run, path in training_jobs(root, grid):
         log = read_log(path)
@@ -121,7 +129,10 @@ def learning_curves(root: str, grid: dict, outdir: Output, settings: dict) -> pd
         row = {"stage": stage, "run": folder, "epochs": len(log),
                "final_loss": log.loss.iloc[-1] if len(log) else np.nan, "last_10pct_change": change}
         if "val_miou" in log:
+            scored = log.val_miou.notna()
             row["final_val_miou"] = log.val_miou.iloc[-1] if len(log) else np.nan
+            row["best_val_miou"] = log.val_miou.max() if scored.any() else np.nan
+            row["best_val_epoch"] = log.epoch[log.val_miou.idxmax()] if scored.any() else np.nan
         rows.append(row)
         panel, line, order = _place(stage, folder, run)
         curves.append(log.assign(stage=stage, panel=panel, line=line, order=order, run=folder, change=change))

@@ -14,15 +14,19 @@ from sslseg.data.loader import Batches
 from sslseg.data.pack import pack_attrs, pack_length
 from sslseg.data.splits import read_rows
 from sslseg.io import Output, UserError, write_sidecar
-from sslseg.models.checkpoint import load_backbone, save_checkpoint
+from sslseg.models.checkpoint import is_checkpoint, load_init, save_checkpoint
+from sslseg.models.weights import load_weights
 from sslseg.objectives import build_objective
 from sslseg.optim import scale_for_device
 from sslseg.runtime import job_runtime
 from sslseg.train import fit, pick_device
+from sslseg.validate import segmentation_validator
 
 
 def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, label_key: str | None,
-           settings: dict, runtime: dict, out: str, log: str, labels: str | None = None) -> dict:
+           settings: dict, runtime: dict, out: str, log: str, labels: str | None = None,
+           val_rows: np.ndarray | None = None) -> dict:
+    """`val_rows`: rows of `pack_file` to score the segmenter on after every epoch (sslseg.validate)."""
     device = pick_device(settings["device"])
     settings = scale_for_device(settings, device)
     keys = ("images", "aspect") + ((label_key,) if label_key else ())  # "aspect": packs of whole images only
@@ -30,27 +34,47 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
                       drop_last=settings["drop_last"], masks=labels)
     transform = make_transform(settings["augment"], settings["model"]["image_size"], label_key)
     resume = Path(out).with_name(f".{Path(out).name}.resume")
+    validate = None if val_rows is None else segmentation_validator(pack_file, val_rows, settings, device)
     stats = fit(objective, batches, transform, settings, runtime=runtime, name=settings["stage"],
-                resume_path=resume, log_path=Path(log))
+                resume_path=resume, log_path=Path(log), validate=validate)
     # how the training images were made square (data.*.resize), so tools scoring new images
     # (evaluate_folder, predict_masks) prepare them the same way
     resize = pack_attrs(pack_file).get("resize")
     save_checkpoint(out, objective, {"stage": settings["stage"], "settings": settings, "input_resize": resize})
     resume.unlink(missing_ok=True)
     stats.update(images=batches.n, batch_size=settings["batch_size"], lr=settings["lr"])
+    if val_rows is not None:
+        stats.update(val_images=len(val_rows))
     return stats
 
 
-def _init_from(objective: torch.nn.Module, init: str | None) -> list[str]:
+def _init_from(objective: torch.nn.Module, init: str | None, model: dict) -> list[str]:
+    """Load `init`'s backbone, and its UNet decoder where both have one (sslseg.models.checkpoint.
+    load_init; not for an objective with `init_decoder = False`: DDeP trains its decoder from
+    scratch). `init` may also be a plain weights file (torchvision, timm: sslseg.models.weights).
+    Without `init`, the backbone's model.weights file if the config names one. An objective
+    with `needs_init` (DDeP: its frozen encoder) refuses to start without either."""
+    needs = getattr(objective, "needs_init", None)
+    if not init and model.get("weights"):
+        dropped = load_weights(objective.backbone, model["weights"], f"model.weights.{model['backbone']}")
+        print(f"loaded backbone weights {model['weights']}; not loaded: {', '.join(dropped) or 'nothing'}", flush=True)
+        return dropped
     if not init:
+        if needs:
+            raise UserError(f"{needs}: {type(objective).__name__} trains on a frozen encoder loaded from a checkpoint, "
+                            "and the stage got none (--init)")
         return []
-    dropped = load_backbone(objective, init)
-    print(f"loaded backbone from {init}; dropped its head: {', '.join(dropped) or 'nothing'}", flush=True)
+    if not is_checkpoint(init):
+        return load_weights(objective.backbone, init, needs or "--init")
+    dropped = load_init(objective, init, decoder=getattr(objective, "init_decoder", True))
+    print(f"loaded {init} (its backbone, and its decoder where both have one); not loaded: "
+          f"{', '.join(dropped) or 'nothing'}", flush=True)
     return dropped
 
 
 def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: str, log: str, settings: dict,
-               runtime: dict | None, init: str | None, threads: int, labels: str | None = None) -> None:
+               runtime: dict | None, init: str | None, threads: int, labels: str | None = None,
+               val_rows: np.ndarray | None = None) -> None:
     """Build the stage's objective, load `init`'s backbone, train, write the checkpoint and sidecar.
     `runtime`: log_every, checkpoint_every, memory_gb, progress (None: see sslseg.runtime)."""
     t0 = time.time()
@@ -58,19 +82,20 @@ def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: s
     torch.set_num_threads(threads)
     torch.manual_seed(settings["seed"])
     objective = build_objective(settings["objective"], settings)
-    dropped = _init_from(objective, init)
-    stats = _train(objective, pack, rows, label_key, settings, runtime, out, log, labels)
+    dropped = _init_from(objective, init, settings["model"])
+    stats = _train(objective, pack, rows, label_key, settings, runtime, out, log, labels, val_rows)
     write_sidecar(out, settings["stage"], settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped,
                   labels=labels, **stats)
 
 
 def pretrain(pack: str, size: int, out: Output, log: Output, settings: dict, runtime: dict | None = None,
-             threads: int = 1) -> None:
-    """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack."""
+             init: str | None = None, threads: int = 1) -> None:
+    """The self-supervised objective `settings["objective"]` on the first `size` rows of the pack,
+    starting from `init`'s backbone if given (DDeP: its frozen encoder, objectives.ddep.encoder)."""
     packed = pack_length(pack)
     if size > packed:
         raise UserError(f"grid.pretrain_sizes: {size} is larger than the {packed} packed images in {pack}")
-    _fit_stage(pack, np.arange(size), None, out, log, settings, runtime, None, threads)
+    _fit_stage(pack, np.arange(size), None, out, log, settings, runtime, init, threads)
 
 
 def intermediate(pack: str, out: Output, log: Output, settings: dict, runtime: dict | None = None,
@@ -80,14 +105,17 @@ def intermediate(pack: str, out: Output, log: Output, settings: dict, runtime: d
 
 
 def finetune(pets: str, rows: str, out: Output, log: Output, settings: dict, runtime: dict | None = None,
-             init: str | None = None, labels: str | None = None, threads: int = 1) -> None:
+             init: str | None = None, labels: str | None = None, threads: int = 1, val: str | None = None) -> None:
     """Segmentation on the pets rows listed in `rows`, from `init` (or scratch): a fine-tune or a
-    frozen probe (settings["stage"]), on the true trimaps or on the imperfect `labels` pack."""
-    _fit_stage(pets, read_rows(rows), "masks", out, log, settings, runtime, init, threads, labels)
+    frozen probe (settings["stage"]), on the true trimaps or on the imperfect `labels` pack.
+    `val`: a row-index file (splits/val.txt) scored after every epoch: val_loss, val_miou and
+    val_pixel_acc in the log (sslseg.validate)."""
+    _fit_stage(pets, read_rows(rows), "masks", out, log, settings, runtime, init, threads, labels,
+               None if val is None else read_rows(val))
 
 
 def probe(pets: str, rows: str, out: Output, log: Output, settings: dict, runtime: dict | None = None,
-          init: str | None = None, labels: str | None = None, threads: int = 1) -> None:
+          init: str | None = None, labels: str | None = None, threads: int = 1, val: str | None = None) -> None:
     """A frozen probe: the fine-tune stage with the `probe:` recipe, whose settings freeze the
     backbone (sslseg.config.FROZEN); its own command so the DAG lists probes by name."""
-    finetune(pets, rows, out, log, settings, runtime, init, labels, threads)
+    finetune(pets, rows, out, log, settings, runtime, init, labels, threads, val)

@@ -2,6 +2,7 @@
 # It imports only the standard library, sslseg's modules that need nothing else (grid, cli,
 # sourcefiles, failures) and sslseg.config (yaml and jsonschema, which Snakemake itself depends
 # on), so Snakemake's own environment needs neither numpy nor torch to read it (a test checks).
+import dataclasses
 import importlib.util
 import json
 import os
@@ -24,6 +25,7 @@ from sslseg.config import (
     validate,
 )
 from sslseg.io import UserError
+from sslseg.objectives import constant
 from sslseg.sourcefiles import module_files
 
 try:
@@ -47,7 +49,7 @@ wildcard_constraints:
     pre=grid.wildcard(PRETRAINED),
     inter=grid.wildcard(INTERMEDIATE),
     run=grid.wildcard(BY_RUN),
-    n=r"\d+",
+    n=r"\d+|\d+(\.\d+)?pct",
     seed=r"\d+",
 
 
@@ -132,6 +134,15 @@ def source_root(kind):
     return d["root"]
 
 
+def domain_list(data):
+    """The class list a pretraining subset by domain reads (an input: editing it repacks)."""
+    if data not in ("in_domain", "out_domain", "mixed"):
+        return []
+    return config["data"]["pretrain"]["domain_classes"] or os.path.relpath(
+        os.path.join(workflow.basedir, "sslseg", "data", "imagenet_animals.txt")
+    )
+
+
 def source_input(kind):
     """The job that makes a dataset's folder, when the workflow makes it (demo, archive)."""
     if kind == "intermediate" and config["data"][kind]["archive"]:
@@ -144,6 +155,17 @@ def pretrain_checkpoint(run):
     return [f"{R}/pretrain/{d}/model.pt"] if d else []
 
 
+def encoder_checkpoint(run):
+    """What a pretraining starts from: DDeP's frozen encoder (its `encoder` setting), as the
+    checkpoint of another objective's pretraining of this backbone, data and size, or a file.
+    """
+    source = grid.encoder_objective(config, run.objective)
+    if source is not None:
+        return pretrain_checkpoint(dataclasses.replace(run, objective=source))
+    key = constant(run.objective, "INIT")
+    return [config["objectives"][run.objective][key]] if key else []
+
+
 def init_checkpoint(run):
     """What a fine-tune starts from: the intermediate classifier, the pretraining, or nothing."""
     d = grid.intermediate_dir(run)
@@ -151,7 +173,9 @@ def init_checkpoint(run):
 
 
 def subset_file(run):
-    return f"{R}/splits/finetune_n{run.finetune}_s{run.seed}.txt"
+    """The run's fine-tune rows: a count (`finetune_n250_s0.txt`) or a fraction of the pool
+    (`finetune_n5pct_s0.txt`), resolved by the subset rule."""
+    return f"{R}/splits/finetune_n{grid.size_token(run.finetune)}_s{run.seed}.txt"
 
 
 def init_flag(wildcards, input):
@@ -202,7 +226,9 @@ def largest_run():
             r.labels == "full",
             r.pretrain,
             not r.intermediate,
-            r.finetune,
+            grid.resolve_size(
+                r.finetune, 100_000
+            ),  # a fraction as a share of a large pool
         ),
     )  # ties: the first
 

@@ -82,6 +82,7 @@ rule pack_pets:
 rule pack_pretrain:
     input:
         source_input("pretrain"),
+        classes=lambda w: domain_list(w.data),
         code=code("pack_pretrain"),
     output:
         pack=f"{R}/data/pretrain-{{data}}.h5",
@@ -102,7 +103,14 @@ rule pack_pretrain:
         settings=lambda w: as_json(
             {
                 k: config["data"]["pretrain"][k]
-                for k in ("source", "download", "subset_seed", "pack_size", "resize")
+                for k in (
+                    "source",
+                    "download",
+                    "subset_seed",
+                    "pack_size",
+                    "resize",
+                    "domain_classes",
+                )
             }
             | {
                 "subset": w.data,
@@ -140,11 +148,18 @@ rule pack_intermediate:
         " --settings {params.settings:q} --threads {threads} > {log} 2>&1"
 
 
+# train_val_test (seed 003's 70/15/15) also writes splits/val.txt, which every fine-tune and probe
+# scores after each epoch. test_draw keeps the outputs and params it always had: its DAG stays
+# the old one (no empty val.txt as an input of every fine-tune, no changed params to rerun on).
+VALIDATE = config["data"]["pets"]["split"] == "train_val_test"
+
+
 rule splits:
     input:
         pets=rules.pack_pets.output.pack,
         code=code("splits"),
     output:
+        **({"val": f"{R}/splits/val.txt"} if VALIDATE else {}),
         test=f"{R}/splits/test.txt",
         pool=f"{R}/splits/pool.txt",
     log:
@@ -153,13 +168,20 @@ rule splits:
         "../../envs/sslseg.yaml"
     params:
         settings=as_json(
-            {k: config["data"]["pets"][k] for k in ("test_size", "test_seed")}
+            {
+                k: config["data"]["pets"][k]
+                for k in ("test_size", "test_seed")
+                + (("split", "val_fraction", "test_fraction") if VALIDATE else ())
+            }
         ),
+        val=lambda w, output: f"--val {output.val}" if VALIDATE else "",
     shell:
-        "python -m sslseg splits --pets {input.pets} --test {output.test} --pool {output.pool}"
+        "python -m sslseg splits --pets {input.pets} --test {output.test} --pool {output.pool} {params.val}"
         " --settings {params.settings:q} > {log} 2>&1"
 
 
+# The fine-tune rows of one size and seed: n is a count (250) or a fraction of the pool (5pct,
+# 0.5pct), resolved against the pool here (max(1, round(P/100 · pool))); nested within a seed.
 rule subset:
     input:
         pool=rules.splits.output.pool,

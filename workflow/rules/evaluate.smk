@@ -5,6 +5,7 @@
 rule evaluate:
     input:
         model=f"{R}/runs/{{run}}/model.pt",  # made by the finetune or the probe rule
+        trained=f"{R}/runs/{{run}}/model.pt.json",  # its sidecar: `images` → labelled_images
         pets=rules.pack_pets.output.pack,
         rows=rules.splits.output.test,
         code=code("evaluate", stage_objective("finetune")),
