@@ -10,7 +10,7 @@ LOCK := requirements.lock
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake --workflow-profile workflow/profiles/default
 
-.PHONY: install lock demo test sample sample-b fidelity report clean-demo
+.PHONY: install lock demo test sample sample-b sample-c sample-d fidelity report clean-demo
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	tools/install.sh $(VENV) $(LOCK)
@@ -30,6 +30,12 @@ sample: install
 
 sample-b: install
 	$(SNAKEMAKE) --configfile workflow/configs/sample-b.yaml
+
+sample-c: install
+	$(SNAKEMAKE) --configfile workflow/configs/sample-c.yaml
+
+sample-d: install
+	$(SNAKEMAKE) --configfile workflow/configs/sample-d.yaml
 
 fidelity: install
 	$(SNAKEMAKE) --configfile workflow/configs/fidelity.yaml

@@ -1,6 +1,10 @@
-"""Figures (seaborn): mIoU vs fine-tune size, Δ mIoU from the intermediate step, Δ probe −
-fine-tune and mIoU vs label quality, SimMIM reconstructions and segmentation examples.
-Each saved as PNG and PDF."""
+"""Figures (seaborn): mIoU vs label budget, Δ mIoU from the intermediate step, Δ probe −
+fine-tune and mIoU vs label quality, the pretraining objectives' reconstructions (masked image
+modelling) or denoisings (DeP, DDeP), and segmentation examples. Each saved as PNG and PDF.
+
+A label budget (`finetune`) is a count of images or a fraction of the fine-tune pool ("5%"):
+each is drawn on a log x axis by its value, ticked with the grid's budgets; a grid holding both
+gets a panel per kind rather than one axis mixing images and percentages."""
 
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
 from sslseg.io import Output, UserError, atomic_path  # noqa: E402
-from sslseg.report.tables import cells, delta, line_labels, probe_delta  # noqa: E402
+from sslseg.report.tables import (  # noqa: E402
+    budget_kind, budget_label, budget_order, budget_value, cells, delta, line_labels, probe_delta, read_runs,
+    sort_cells,
+)
 
 TRIMAP_COLOURS = np.array([[230, 80, 60], [40, 40, 60], [250, 220, 90]], np.uint8)  # pet, background, border
 
@@ -32,12 +39,32 @@ def save(fig: plt.Figure, out: str | Path, dpi: int = 150) -> None:
 
 
 def _size_axis(ax: plt.Axes, finetune: pd.Series) -> None:
-    """Fine-tune sizes on a log x axis, ticked at exactly the sizes of the grid."""
+    """Label budgets of one kind on a log x axis by their value (`budget_value`), ticked at
+    exactly the budgets of the grid: image counts (`250`) or fractions of the pool (`5%`)."""
+    kinds = {budget_kind(v) for v in finetune}
+    if len(kinds) > 1:
+        raise ValueError("one x axis cannot hold both image counts and fractions of the pool: facet by kind")
     ax.set_xscale("log")
-    sizes = sorted(finetune.unique())
-    ax.set_xticks(sizes, [str(x) for x in sizes])
+    sizes = sorted(finetune.unique(), key=budget_order)
+    ax.set_xticks([budget_value(v) for v in sizes], [budget_label(v) for v in sizes])
     ax.minorticks_off()
-    ax.set_xlabel("fine-tune images (log scale)")
+    ax.set_xlabel("labelled images, % of the fine-tune pool (log scale)" if kinds == {"fraction"}
+                  else "fine-tune images (log scale)")
+
+
+def _budgets(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with `x`, the value each row is plotted at, and `budget`, its kind (count, fraction)."""
+    return df.assign(x=df.finetune.map(budget_value).astype(float), budget=df.finetune.map(budget_kind))
+
+
+BUDGET_TITLES = {"count": "image counts", "fraction": "fractions of the pool"}
+
+
+def _title(keys: list[str], values: tuple) -> str:
+    """A panel's title from its facet values: `full labels`, `fractions of the pool`, ..."""
+    words = {"labels": "{} labels", "budget": "{}", "backbone": "{}"}
+    return ", ".join(words.get(k, k + " {}").format(BUDGET_TITLES.get(v, v) if k == "budget" else v)
+                     for k, v in zip(keys, values))
 
 
 def figures(runs: str, out: Output, settings: dict, delta_out: Output | None = None) -> None:
@@ -60,20 +87,21 @@ def _panels(n: int, size: tuple[float, float] = (6.5, 4.2)) -> tuple[plt.Figure,
 
 def _ordered(df: pd.DataFrame) -> pd.DataFrame:
     """Rows by pretraining size, then the other axes: lines and panels in a fixed order."""
-    return df.sort_values(["pretrain", *cells(df, "pretrain")], kind="stable")
+    return sort_cells(df, ["pretrain", *cells(df, "pretrain")])
 
 
 def _facet(df: pd.DataFrame) -> list[str]:
-    """["labels"] when the runs hold several label qualities: one panel each, so a line never
-    averages over label qualities (and the hue stays readable)."""
-    return ["labels"] if "labels" in df and df["labels"].nunique() > 1 else []
+    """The panel keys: "labels" when the runs hold several label qualities, so a line never
+    averages over label qualities (and the hue stays readable), and "budget" (a `_budgets`
+    column) when they hold both image counts and fractions of the pool."""
+    return [k for k in ("labels", "budget") if k in df and df[k].nunique() > 1]
 
 
 def _by(df: pd.DataFrame, keys: list[str]) -> list[tuple[str, pd.DataFrame]]:
     """(title, rows) per value of `keys`, in order of appearance; one untitled group without keys."""
     if not keys:
         return [("", df)]
-    return [(" ".join(map(str, k)), part) for k, part in df.groupby(keys, sort=False)]
+    return [(_title(keys, k), part) for k, part in df.groupby(keys, sort=False)]
 
 
 def _names(df: pd.DataFrame, drop: list[str]) -> list[str]:
@@ -90,34 +118,36 @@ def _delta_axis(ax: plt.Axes, lines: list[tuple[str, tuple, pd.DataFrame]], fine
     """Paired Δ rows (delta_mean, delta_se) against fine-tune size: one line per (label, colour,
     rows), s.e. error bars, a zero line (Fig. 2 and the probe − fine-tune figure)."""
     for label, colour, part in lines:
-        part = part.sort_values("finetune")
-        ax.errorbar(part.finetune, part.delta_mean, yerr=part.delta_se.fillna(0), marker="o", capsize=3,
-                    color=colour, label=label)
+        part = part.sort_values("finetune", key=lambda c: c.map(budget_order))
+        ax.errorbar(part.finetune.map(budget_value), part.delta_mean, yerr=part.delta_se.fillna(0), marker="o",
+                    capsize=3, color=colour, label=label)
     ax.axhline(0, color="grey", lw=1)
     _size_axis(ax, finetune)
     ax.set_ylabel(ylabel)
 
 
 def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
-    """Fig. 1: test mIoU vs fine-tune size, a line per pretraining (and backbone, adaptation),
-    error bars = std over seeds; a panel per label quality when there are several."""
+    """Fig. 1: test mIoU vs label budget, a line per pretraining (objective, data set, size, and
+    backbone, adaptation, decoder width where they vary: `line_labels`), error bars = std over
+    seeds; a panel per label quality when there are several, and per budget kind (image counts,
+    fractions of the pool) when the grid holds both."""
     sns.set_theme(style=settings["style"])
-    runs = _ordered(pd.read_csv(runs_csv))
+    runs = _budgets(_ordered(read_runs(runs_csv)))
     facet = _facet(runs)
     runs = runs.assign(**{
         "mIoU (%)": runs.miou * 100,
-        "pretraining": line_labels(runs.drop(columns=facet)),
+        "pretraining": line_labels(runs.drop(columns=[f for f in facet if f in cells(runs)])),
         "intermediate": np.where(runs.intermediate == 1, "with", "without"),
     })
     order = list(dict.fromkeys(runs.pretraining))
     panels = _by(runs, facet)
     fig, axes = _panels(len(panels))
     for i, (ax, (title, part)) in enumerate(zip(axes, panels)):
-        sns.lineplot(data=part, x="finetune", y="mIoU (%)", hue="pretraining", hue_order=order,
+        sns.lineplot(data=part, x="x", y="mIoU (%)", hue="pretraining", hue_order=order,
                      style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
                      errorbar="sd", err_style="bars", legend=i == 0, ax=ax)
-        _size_axis(ax, runs.finetune)
-        ax.set_title(f"{title} labels" if title else f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
+        _size_axis(ax, runs.finetune[runs.budget.isin(part.budget)])
+        ax.set_title(title or f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
     if facet:
         fig.suptitle(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
     save(fig, out, settings["dpi"])
@@ -127,9 +157,9 @@ def delta_figure(runs_csv: str, out: str, settings: dict) -> None:
     """Fig. 2: Δ mIoU (with − without intermediate), mean ± standard error over seeds;
     a panel per label quality when there are several."""
     sns.set_theme(style=settings["style"])
-    d = _ordered(delta(pd.read_csv(runs_csv)))
+    d = _budgets(_ordered(delta(read_runs(runs_csv))))
     facet = _facet(d)
-    d = d.assign(pretraining=line_labels(d.drop(columns=facet)))
+    d = d.assign(pretraining=line_labels(d.drop(columns=[f for f in facet if f in cells(d)])))
     lines = [k for k in cells(d, "finetune", *facet) if d[k].nunique() > 1 or k == "pretrain"]
     colours = dict(zip(dict.fromkeys(d.pretraining), sns.color_palette(n_colors=max(1, d.pretraining.nunique()))))
     panels = _by(d, facet)
@@ -137,8 +167,8 @@ def delta_figure(runs_csv: str, out: str, settings: dict) -> None:
     for ax, (title, panel) in zip(axes, panels):
         _delta_axis(ax, [(part.pretraining.iloc[0], colours[part.pretraining.iloc[0]], part)
                          for _, part in panel.groupby(lines, sort=False)],
-                    d.finetune, "Δ mIoU (%), with − without intermediate")
-        ax.set_title(f"{title} labels" if title else "")
+                    d.finetune[d.budget.isin(panel.budget)], "Δ mIoU (%), with − without intermediate")
+        ax.set_title(title)
     axes[0].legend(title="pretraining")
     save(fig, out, settings["dpi"])
 
@@ -159,20 +189,22 @@ def fig_probe_delta(runs_csv: str, out: str, settings: dict) -> None:
     """Δ mIoU (probe − fine-tune, paired by seed) vs fine-tune size, a line per label quality,
     error bars = s.e. over seeds; a panel per pretraining (and backbone, intermediate step)."""
     sns.set_theme(style=settings["style"])
-    d = probe_delta(pd.read_csv(runs_csv))
+    d = probe_delta(read_runs(runs_csv))
     if d.empty:
         raise UserError(f"{runs_csv}: no runs with both adaptations (finetune and probe) to pair; "
                         "the probe Δ figure needs both in grid.adaptations")
-    d = _ordered(d)
+    d = _budgets(_ordered(d))
     d = d.assign(panel=_names(d, ["labels"]))
     kinds = list(dict.fromkeys(d["labels"]))
     colours = dict(zip(kinds, sns.color_palette(n_colors=len(kinds))))
-    panels = _by(d, [k for k in cells(d, "labels", "finetune") if d[k].nunique() > 1 or k == "pretrain"])
+    mixed = ["budget"] if d.budget.nunique() > 1 else []  # counts and fractions: a panel each
+    panels = _by(d, [k for k in cells(d, "labels", "finetune") if d[k].nunique() > 1 or k == "pretrain"] + mixed)
     fig, axes = _panels(len(panels), (4.5, 3.6))
     for ax, (_, panel) in zip(axes, panels):
         _delta_axis(ax, [(kind, colours[kind], line) for kind, line in panel.groupby("labels", sort=False)],
-                    d.finetune, "Δ mIoU (%), probe − fine-tune")
-        ax.set_title(f"pretraining: {panel.panel.iloc[0]}")
+                    d.finetune[d.budget.isin(panel.budget)], "Δ mIoU (%), probe − fine-tune")
+        ax.set_title(f"pretraining: {panel.panel.iloc[0]}"
+                     + (f" ({BUDGET_TITLES[panel.budget.iloc[0]]})" if mixed else ""))
     axes[-1].legend(title="labels", loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"Probe − fine-tune, mean ± s.e. over {d.seeds.max()} seeds")
     save(fig, out, settings["dpi"])
@@ -194,7 +226,7 @@ def fig_label_quality(runs_csv: str, quality_csv: str, out: str, settings: dict)
     The kinds are categories, not points on one quality scale: scribbles and points are exact
     where they label (mIoU 1 there) but label few pixels, noisy masks label all, some wrongly."""
     sns.set_theme(style=settings["style"])
-    runs = _ordered(pd.read_csv(runs_csv))
+    runs = _ordered(read_runs(runs_csv))
     q = pd.read_csv(quality_csv).set_index("kind")
     if missing := sorted(set(runs["labels"]) - set(q.index) - {"full"}):
         raise UserError(f"{quality_csv}: no measured quality for labels {', '.join(missing)}; "
@@ -204,7 +236,8 @@ def fig_label_quality(runs_csv: str, quality_csv: str, out: str, settings: dict)
                        colour=_names(runs, ["labels", "adaptation"]))
     colours = dict(zip(dict.fromkeys(runs.colour), sns.color_palette(n_colors=runs.colour.nunique())))
     lines = cells(runs, "labels", "finetune")
-    panels = _by(runs.sort_values("finetune", kind="stable"), ["finetune"])
+    panels = [(size, part) for size, part in
+              sort_cells(runs, ["finetune"]).groupby("finetune", sort=False)]
     fig, axes = _panels(len(panels), (1.2 * len(kinds) + 1.5, 3.6))
     for ax, (size, panel) in zip(axes, panels):
         for _, line in panel.groupby(lines, sort=False):
@@ -216,7 +249,8 @@ def fig_label_quality(runs_csv: str, quality_csv: str, out: str, settings: dict)
         ax.set_xticks(range(len(kinds)), ticks, fontsize=7)
         ax.set_xlabel("labels trained on (measured quality)")
         ax.set_ylabel("test mIoU (%)")
-        ax.set_title(f"{size} fine-tune images")
+        ax.set_title(f"{budget_label(size)} of the fine-tune pool" if budget_kind(size) == "fraction"
+                     else f"{size} fine-tune images")
     axes[-1].legend(title="pretraining", fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.suptitle(f"mIoU by label quality, mean ± s.e. over {runs.seed.nunique()} seeds")
     save(fig, out, settings["dpi"])
@@ -237,13 +271,18 @@ def image_grid(rows: list[list[np.ndarray]], titles: list[str], out: str, dpi: i
 def _to_image(x: torch.Tensor) -> np.ndarray:
     from sslseg.data.augment import denormalize
 
-    return (denormalize(x[None])[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    # clamped: a noisy input or a reconstruction may leave [0, 1], and uint8 would wrap it around
+    return (denormalize(x[None])[0].permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
 
 
 @torch.no_grad()
 def reconstructions(ckpt: str, pack: str, out: Output, settings: dict, report: dict) -> None:
-    """Original / masked / reconstructed (visible patches pasted back) for the first images of a pack.
-    settings: the pretraining stage's (objective, model, its settings); report: examples, dpi."""
+    """What a pretraining objective learned to do, for the first images of a pack: masked image
+    modelling (outputs "mask": SimMIM, MAE) original / masked / reconstructed (visible patches
+    pasted back); denoising (outputs "denoised": DeP, DDeP) clean / noisy input / denoised (the
+    clean image recovered from the predicted noise); any other objective original / its image
+    output "pred". settings: the pretraining stage's (objective, model, its settings); report:
+    examples, dpi."""
     from sslseg.data.augment import augment
     from sslseg.data.pack import read_pack
     from sslseg.models.checkpoint import load_model, read_checkpoint
@@ -256,16 +295,37 @@ def reconstructions(ckpt: str, pack: str, out: Output, settings: dict, report: d
     load_model(model, ckpt, state)
     model.eval()
     images = torch.as_tensor(read_pack(pack, slice(0, report["examples"]), ("images",))["images"])
-    size, p = settings["model"]["image_size"], settings["model"]["patch_size"]
+    size = settings["model"]["image_size"]
     o = max(0, (images.shape[1] - size) // 2)  # centre crop of the pack, as the model sees it
     x, _ = augment(images[:, o:o + size, o:o + size], None, size, None)
     _, outputs = model({"images": x}, torch.Generator().manual_seed(0))
-    mask = outputs["mask"].reshape(-1, size // p, size // p)
-    pixel_mask = mask.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None].float()
-    masked = x * (1 - pixel_mask)
-    pasted = x * (1 - pixel_mask) + outputs["pred"] * pixel_mask
-    rows = [[_to_image(x[i]), _to_image(masked[i]), _to_image(pasted[i])] for i in range(len(x))]
-    image_grid(rows, ["original", "masked", "reconstructed"], out, report["dpi"])
+    columns, titles = example_columns(x, outputs, settings)
+    rows = [[_to_image(c[i]) for c in columns] for i in range(len(x))]
+    image_grid(rows, titles, out, report["dpi"])
+
+
+def example_columns(x: torch.Tensor, outputs: dict, settings: dict) -> tuple[list[torch.Tensor], list[str]]:
+    """The image columns (each normalised (B, 3, H, W)) and their titles of a reconstruction
+    figure, by what the objective's `outputs` hold (see `reconstructions`)."""
+    if "denoised" in outputs:  # DeP, DDeP: x̃ = √γ·x + √(1−γ)·ε, the model predicts ε
+        gamma = outputs["gamma"].flatten().float()
+        sigma = ((1 - gamma) / gamma).sqrt()
+        level = f"σ = {sigma[0]:.2f}" if torch.allclose(sigma, sigma[0]) else f"σ {sigma.min():.2f}–{sigma.max():.2f}"
+        return [x, outputs["noisy"], outputs["denoised"]], ["clean", f"noisy ({level})", "denoised (predicted)"]
+    if "mask" in outputs:  # masked image modelling: a mask per patch
+        size, cells = x.shape[-1], outputs["mask"].shape[1]
+        p = size // math.isqrt(cells)
+        mask = outputs["mask"].reshape(-1, size // p, size // p)
+        pixel_mask = mask.repeat_interleave(p, 1).repeat_interleave(p, 2)[:, None].float()
+        masked = x * (1 - pixel_mask)
+        pasted = x * (1 - pixel_mask) + outputs["pred"] * pixel_mask
+        return [x, masked, pasted], ["original", "masked", "reconstructed"]
+    pred = outputs.get("pred")
+    if not isinstance(pred, torch.Tensor) or pred.shape != x.shape:
+        raise UserError(f"reconstructions: objective {settings['objective']!r} returns neither a patch mask "
+                        "(\"mask\") nor a denoised image (\"denoised\") nor an image (\"pred\" shaped like its "
+                        f"input); its outputs: {', '.join(outputs) or 'none'}")
+    return [x, pred], ["original", "output"]
 
 
 def segmentations(ckpt: str, pets: str, rows: str, out: Output, settings: dict, report: dict) -> None:
