@@ -334,10 +334,11 @@ def reference_markdown() -> str:
 
     def walk(props: dict, prefix: str) -> None:
         for key, sub in props.items():
+            recipe = sub.get("$ref", "").endswith("/recipe")  # overrides: its keys are the stage's, listed there
             sub = resolve(sub)
             name = f"{prefix}{key}"
             if sub.get("type") == "object" and "properties" in sub and key not in ("augment",) \
-                    and not prefix.startswith("resources."):
+                    and not prefix.startswith("resources.") and not recipe:
                 walk(sub["properties"], name + ".")
                 continue
             default = json.dumps(sub.get("default")) if "default" in sub else ""

@@ -49,7 +49,7 @@ def test_a_new_objective_file_runs_through_the_workflow_by_config_alone(tmp_path
     (wf / "sslseg" / "objectives" / "toy.py").write_text(TOY)
     cfg = yaml.safe_load((wf / "workflow/configs/tiny.yaml").read_text())
     cfg["name"] = "toy"
-    cfg["grid"] = {"objectives": ["toy"], "pretrain_sizes": [0, 16], "intermediate": [False],
+    cfg["grid"] = {"backbones": ["viny"], "objectives": ["toy"], "pretrain_sizes": [0, 16], "intermediate": [False],
                    "finetune_sizes": [4], "seeds": [0], "adaptations": ["finetune"], "labels": ["full"]}
     cfg["objectives"] = {"toy": {"noise": 0.5}}
     (wf / "toy.yaml").write_text(yaml.safe_dump(cfg))
@@ -63,4 +63,4 @@ def test_a_new_objective_file_runs_through_the_workflow_by_config_alone(tmp_path
     assert ft["dropped_keys"] == ["head.proj.bias", "head.proj.weight"]  # its backbone was loaded
     runs = pd.read_csv(out / "report" / "runs.csv")
     assert sorted(runs.objective) == ["none", "toy"] and runs.miou.between(0, 1).all()
-    assert (out / "report" / "reconstructions.png").stat().st_size > 1000
+    assert (out / "report" / "reconstructions_toy.png").stat().st_size > 1000  # one per pretraining objective

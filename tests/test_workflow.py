@@ -41,7 +41,7 @@ def test_tiny_run_writes_every_artifact(tiny_run):
     assert set(runs.columns) >= {"iou_pet", "iou_background", "iou_border", "fg_iou", "git_commit", "source"}
     for name in ("table1", "table_a2", "table_a3"):
         assert "±" in (out / "report" / "tables" / "study" / f"{name}.md").read_text()
-    for fig in ("fig_miou", "fig_delta", "reconstructions", "segmentations"):
+    for fig in ("fig_miou", "fig_delta", "reconstructions_simmim", "segmentations"):  # reconstructions: per objective
         assert (out / "report" / f"{fig}.png").stat().st_size > 1000
         assert (out / "report" / f"{fig}.pdf").exists()
     meta = json.loads((out / "pretrain" / "viny" / "simmim-random-16" / "model.pt.json").read_text())

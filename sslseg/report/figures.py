@@ -126,6 +126,9 @@ def _delta_axis(ax: plt.Axes, lines: list[tuple[str, tuple, pd.DataFrame]], fine
     ax.set_ylabel(ylabel)
 
 
+LEGEND_INSIDE = 8  # the most lines whose legend stays inside the first panel (study A's figures)
+
+
 def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
     """Fig. 1: test mIoU vs label budget, a line per pretraining (objective, data set, size, and
     backbone, adaptation, decoder width where they vary: `line_labels`), error bars = std over
@@ -142,12 +145,15 @@ def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
     order = list(dict.fromkeys(runs.pretraining))
     panels = _by(runs, facet)
     fig, axes = _panels(len(panels))
+    beside = len(order) > LEGEND_INSIDE  # a long legend would hide the lines: beside the last panel
     for i, (ax, (title, part)) in enumerate(zip(axes, panels)):
         sns.lineplot(data=part, x="x", y="mIoU (%)", hue="pretraining", hue_order=order,
                      style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
-                     errorbar="sd", err_style="bars", legend=i == 0, ax=ax)
+                     errorbar="sd", err_style="bars", legend=i == (len(panels) - 1 if beside else 0), ax=ax)
         _size_axis(ax, runs.finetune[runs.budget.isin(part.budget)])
         ax.set_title(title or f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
+    if beside:
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     if facet:
         fig.suptitle(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
     save(fig, out, settings["dpi"])
@@ -310,7 +316,8 @@ def example_columns(x: torch.Tensor, outputs: dict, settings: dict) -> tuple[lis
     if "denoised" in outputs:  # DeP, DDeP: x̃ = √γ·x + √(1−γ)·ε, the model predicts ε
         gamma = outputs["gamma"].flatten().float()
         sigma = ((1 - gamma) / gamma).sqrt()
-        level = f"σ = {sigma[0]:.2f}" if torch.allclose(sigma, sigma[0]) else f"σ {sigma.min():.2f}–{sigma.max():.2f}"
+        same = torch.allclose(sigma, sigma[0])
+        level = f"σ = {sigma[0]:.2f}" if same else f"σ {sigma.min():.2f}–{sigma.max():.2f}"
         return [x, outputs["noisy"], outputs["denoised"]], ["clean", f"noisy ({level})", "denoised (predicted)"]
     if "mask" in outputs:  # masked image modelling: a mask per patch
         size, cells = x.shape[-1], outputs["mask"].shape[1]

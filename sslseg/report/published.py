@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from sslseg.io import Output, UserError, atomic_path
-from sslseg.report.tables import _pm, summarise
+from sslseg.report.tables import _pm, read_runs, summarise
 
 PUBLISHED = Path(__file__).with_name("published.csv")
 STUDY_A = {"backbone": "viny", "objective": "simmim", "data": "random", "adaptation": "finetune", "labels": "full"}
@@ -29,7 +29,10 @@ def published_table() -> pd.DataFrame:
 
 def compare(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per (pretrain, intermediate, finetune) cell that both we and the paper ran."""
-    mine = runs
+    # the paper's budgets are counts: fraction runs ("5%") have no published cell
+    mine = runs[[not isinstance(v, str) for v in runs.finetune]] if "finetune" in runs else runs
+    if "finetune" in mine:
+        mine = mine.assign(finetune=mine.finetune.astype(int))
     for axis, value in STUDY_A.items():
         if axis in mine and axis not in PRETRAINING:
             mine = mine[mine[axis] == value]
@@ -76,7 +79,7 @@ def markdown(table: pd.DataFrame) -> str:
 def published(runs: str, out: Output, md: Output) -> pd.DataFrame:
     """Compare the grid's runs (runs.csv) with seed 001's published cells; print the table."""
     try:
-        df = pd.read_csv(runs)
+        df = read_runs(runs)  # a grid with fractions has a text finetune column
     except FileNotFoundError:
         raise UserError(f"{runs}: not found; run the aggregate stage first") from None
     table = compare(df)

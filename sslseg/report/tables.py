@@ -84,26 +84,39 @@ def read_runs(path: str | Path) -> pd.DataFrame:
     ("250", "5%"): counts become ints again (one type per kind), so the column sorts and pairs
     as the grid lists it (`sort_cells`)."""
     df = pd.read_csv(path)
-    if "finetune" in df and df.finetune.dtype == object:
-        df["finetune"] = df.finetune.map(_normal_budget).astype(object)
+    if "finetune" in df and not pd.api.types.is_numeric_dtype(df.finetune):  # text: object or str dtype
+        df["finetune"] = pd.Series([_normal_budget(v) for v in df.finetune], index=df.index, dtype=object)
     return df
 
 
+OBJECTIVE_ORDER = ("none", "simmim", "mae", "dep", "ddep")  # the studies' order; any other after them
+
+
+def _objective_rank(objective: str) -> str:
+    return f"{OBJECTIVE_ORDER.index(objective) if objective in OBJECTIVE_ORDER else len(OBJECTIVE_ORDER)}:{objective}"
+
+
 def _sort_key(col: pd.Series) -> pd.Series:
-    return col.map(budget_order) if col.name == "finetune" else col
+    if col.name == "finetune":
+        return col.map(budget_order)
+    return col.map(_objective_rank) if col.name == "objective" else col
 
 
 def sort_cells(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """`df` sorted by the `keys` present in it, label budgets by `budget_order` (counts and
-    fractions may share the column, and "10%" must follow "5%")."""
+    fractions may share the column, and "10%" must follow "5%"), objectives in the studies'
+    order (`OBJECTIVE_ORDER`: none, simmim, mae, dep, ddep; any other after them by name)."""
     return df.sort_values([k for k in keys if k in df], key=_sort_key, kind="stable")
 
 
 def aggregate(root: str, grid: dict, out: Output) -> pd.DataFrame:
-    """Every run of `grid` (the config's `grid:` section), read from `root`/<run_dir>/metrics.json.
+    """Every run of `grid`, read from `root`/<run_dir>/metrics.json: `grid` is sslseg.grid.view
+    of the config (the grid with the heads and DDeP's encoder, which decide the decoder widths
+    and where an objective runs: what the workflow passes) or a bare `grid:` section.
     The runs are listed from the grid, not on the command line, which has no room for the
     paths of thousands of runs (and runs of older grids left under `root` are not picked up)."""
-    return collect([f"{root}/{run_dir(r)}/metrics.json" for r in grid_runs({"grid": grid})], out)
+    every = grid_runs(grid if "grid" in grid else {"grid": grid})
+    return collect([f"{root}/{run_dir(r)}/metrics.json" for r in every], out)
 
 
 def intermediate_accuracies(metrics: list[str], out: Output) -> pd.DataFrame:
@@ -191,12 +204,12 @@ def pretrain_labels(df: pd.DataFrame) -> list[str]:
 def line_labels(df: pd.DataFrame) -> list[str]:
     """A figure line's label per row: its pretraining (`pretrain_labels`), prefixed by the
     backbone, adaptation and label quality when the runs hold more than one of them, and
-    followed by the decoder width (`dec×2`) when the runs hold several."""
+    followed by a decoder width other than 1 (`dec×2`; width 1 is also "no decoder", the width
+    of every run without one)."""
     extra = [k for k in ("backbone", "adaptation", "labels") if k in df and df[k].nunique() > 1]
-    width = "decoder" in df and df.decoder.nunique() > 1
-    return [" ".join([*(str(v) for v in vals), p, *([f"dec×{w}"] if width else [])]) for vals, p, w in
-            zip(df[extra].itertuples(index=False, name=None), pretrain_labels(df),
-                df.decoder if width else [None] * len(df))]
+    widths = [f"dec×{w}" if pd.notna(w) and w != 1 else "" for w in (df.decoder if "decoder" in df else [1] * len(df))]
+    return [" ".join([*(str(v) for v in vals), p, *([w] if w else [])]) for vals, p, w in
+            zip(df[extra].itertuples(index=False, name=None), pretrain_labels(df), widths)]
 
 
 def _pm(mean: float, std: float) -> str:
@@ -404,19 +417,20 @@ def _data_markdown(t: pd.DataFrame) -> pd.DataFrame:
 def decoder_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Study D's table (tidy, for the CSV): per cell, test mIoU and pixel accuracy mean and std
     over seeds (%), seeds and labelled images; rows by the other axes, objective (the baseline
-    first), decoder width, then label budget (counts, then fractions, each by size)."""
+    first, `OBJECTIVE_ORDER`), decoder width, then label budget (counts, then fractions, each by size)."""
     stats = seed_stats(runs, ["miou", "pixel_acc"])
-    first = {"none": 0}
-    other = cells(stats, "objective", "decoder", "finetune")
-    order = stats.assign(_rank=stats.objective.map(lambda o: first.get(o, 1)))
-    return sort_cells(order, [*other, "_rank", "objective", "decoder", "finetune"]).drop(
-        columns="_rank").reset_index(drop=True)
+    other = cells(stats, "objective", "data", "pretrain", "decoder", "finetune")
+    return sort_cells(stats, [*other, "objective", "data", "pretrain", "decoder", "finetune"]).reset_index(drop=True)
 
 
 def _decoder_markdown(t: pd.DataFrame) -> pd.DataFrame:
     """Study D's table for reading, as seed 004's Table 6: a row per objective × decoder width
     (and any other varying axis), a column per label budget, each cell `mIoU mean ± std (n)`."""
-    rows = [k for k in cells(t, "finetune") if t[k].nunique() > 1 or k in ("objective", "decoder")]
+    pre = t[t.pretrain > 0]  # data and size where they vary between pretrainings (not only vs none)
+    rows = [k for k in cells(t, "finetune") if k in ("objective", "decoder")
+            or (pre[k].nunique() > 1 if k in ("data", "pretrain") else t[k].nunique() > 1)]
+    if t.duplicated(rows + ["finetune"]).any():  # cells the short row keys would merge: name every axis
+        rows = cells(t, "finetune")
     budgets = sorted(t.finetune.unique(), key=budget_order)
     images = t.groupby("finetune", sort=False).labelled_images.agg(["min", "max"]) if "labelled_images" in t else None
     heads = {}

@@ -238,9 +238,21 @@ def report_settings(*keys):
     return as_json({k: config["report"][k] for k in keys})
 
 
-def largest_pretraining():
-    """The pretraining shown in the reconstruction examples: the largest (first on ties)."""
-    return max(PRETRAINED.items(), key=lambda item: item[1].pretrain)
+def largest_pretraining(objective=None):
+    """(folder, run) of the pretraining shown in the reconstruction examples of `objective`
+    (default: any): its largest, the first on ties (backbone, data, decoder width)."""
+    items = [i for i in PRETRAINED.items() if objective in (None, i[1].objective)]
+    return max(items, key=lambda item: item[1].pretrain)
+
+
+def pretraining_objectives():
+    """The grid's pretraining objectives that run (in grid order): a reconstruction figure each."""
+    return list(dict.fromkeys(r.objective for r in PRETRAINED.values()))
+
+
+def reconstruction_figures():
+    """One example figure per pretraining objective: report/reconstructions_<objective>.png."""
+    return [f"{R}/report/reconstructions_{o}.png" for o in pretraining_objectives()]
 
 
 def all_outputs():
@@ -251,8 +263,7 @@ def all_outputs():
         f"{R}/report/published.md",
     ]
     out.append(f"{R}/report/segmentations.png")
-    if PRETRAINED:
-        out.append(f"{R}/report/reconstructions.png")
+    out += reconstruction_figures()
     if {r.intermediate for r in RUNS} == {False, True}:
         out.append(f"{R}/report/fig_delta.png")
     if INTERMEDIATE:

@@ -29,7 +29,7 @@ rule aggregate:
         "../../envs/sslseg.yaml"
     params:
         root=runs_root,
-        grid=as_json(config["grid"]),
+        grid=as_json(grid.view(config)),  # the grid + what decides its runs (the heads)
     shell:
         "python -m sslseg aggregate --root {params.root} --grid {params.grid:q} --out {output} > {log} 2>&1"
 
@@ -62,7 +62,15 @@ rule tables:
             caption="../report/tables.rst",
             category="Tables",
         ),
-        tables=directory(f"{R}/report/tables/study"),
+        # every table of the folder (Tables 1, A2, A3, the Δ tables, study C's table_data and
+        # study D's table_decoder where the grid has them) as its own report item
+        tables=report(
+            directory(f"{R}/report/tables/study"),
+            patterns=["{table}.md"],
+            caption="../report/study_tables.rst",
+            category="Tables",
+            subcategory="Study tables",
+        ),
     log:
         f"{R}/logs/tables.log",
     conda:
@@ -136,7 +144,7 @@ rule learning_curves:
         root=lambda w, input: input.runs[0][
             : -len(f"runs/{next(iter(BY_RUN))}/log.csv")
         ].rstrip(os.sep),
-        grid=as_json(config["grid"]),
+        grid=as_json(grid.view(config)),  # the grid + what decides its runs (the heads)
         outdir=lambda w, output: os.path.dirname(output.convergence),
         settings=report_settings("style", "dpi"),
     shell:
@@ -144,23 +152,26 @@ rule learning_curves:
         " --settings {params.settings:q} > {log} 2>&1"
 
 
+# What each pretraining objective learned, from its largest pretraining: reconstructions of
+# masked images (SimMIM, MAE) or denoised images (DeP, DDeP), one figure per objective.
 rule reconstructions:
     input:
-        model=lambda w: f"{R}/pretrain/{largest_pretraining()[0]}/model.pt",
-        pack=lambda w: f"{R}/data/pretrain-{largest_pretraining()[1].data}.h5",
-        code=lambda w: code(
-            "reconstructions", objective_module(largest_pretraining()[1].objective)
-        ),
+        model=lambda w: f"{R}/pretrain/{largest_pretraining(w.objective)[0]}/model.pt",
+        pack=lambda w: f"{R}/data/pretrain-{largest_pretraining(w.objective)[1].data}.h5",
+        code=lambda w: code("reconstructions", objective_module(w.objective)),
     output:
         report(
-            f"{R}/report/reconstructions.png",
+            f"{R}/report/reconstructions_{{objective}}.png",
             caption="../report/reconstructions.rst",
             category="Figures",
+            subcategory="Reconstructions",
         ),
     log:
-        f"{R}/logs/reconstructions.log",
+        f"{R}/logs/reconstructions_{{objective}}.log",
     benchmark:
-        f"{R}/benchmarks/reconstructions.tsv"
+        f"{R}/benchmarks/reconstructions_{{objective}}.tsv"
+    wildcard_constraints:
+        objective=grid.wildcard(pretraining_objectives()),
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("evaluate")
@@ -168,7 +179,7 @@ rule reconstructions:
         **res("evaluate"),
     params:
         settings=lambda w: as_json(
-            stage_settings(config, "pretrain", largest_pretraining()[1])
+            stage_settings(config, "pretrain", largest_pretraining(w.objective)[1])
         ),
         report=report_settings("examples", "dpi"),
     shell:
