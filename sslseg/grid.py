@@ -28,7 +28,7 @@ class Axis:
     name: str  # the coordinate: field of `Run`, key in metrics.json, column of runs.csv
     key: str  # its list under `grid:` in the config
     stage: str  # the first stage whose result it changes: model, pretrain, intermediate, finetune
-    token: str  # how a value is written in paths (str.format of the value's `token_value`)
+    token: str  # how a value is written in paths (str.format of the value; budgets via `size_token`)
     omit: Any = None  # a value left out of paths (the axis's old implicit value: paths stay as they were)
 
 
@@ -135,9 +135,10 @@ def runs(config: dict) -> list[Any]:
 
     Without pretraining (size 0) the objective and data axes have no meaning: those runs
     appear once, with objective and data `none`, whatever the lists hold; likewise a run with
-    no decoder (neither a UNet head nor a decoder-pretraining objective) has decoder width 1. Pretraining an
-    objective that masks patches on a backbone that cannot (a ResNet) is left out
-    (`skipped` says which), so one grid can hold a ResNet baseline beside pretrained ViTs.
+    no decoder (neither a UNet head nor a decoder-pretraining objective) has decoder width 1.
+    Pretraining an objective that masks patches on a backbone that cannot (a ResNet), or whose
+    encoder comes from such an objective (DDeP), is left out (`skipped` says which), so one
+    grid can hold a ResNet baseline beside pretrained ViTs.
     """
     grid = config["grid"]
     out: dict[Any, None] = {}
