@@ -85,27 +85,30 @@ def _check_across_keys(config: dict) -> None:
                         f"backbones {', '.join(patched)} cut the image into patches); use {' or '.join(map(str, near))}")
     _check_names(config)
     counts = known_counts(config)
+    # which stages run (fractions count even where the pool, and so their image count, is unknown)
     used = {"pretrain": [n for n in g["pretrain_sizes"] if n > 0], "intermediate": [True] if any(g["intermediate"])
-            else [], **{a: counts for a in ("finetune", "probe") if a in g["adaptations"]}}
-    # the recipe each stage runs with: per objective for pretraining, with its named recipe for a fine-tune
-    recipes = {f"pretrain (objectives.{o}.pretrain)" if config["objectives"][o].get("pretrain") else "pretrain":
+            else [], **{a: g["finetune_sizes"] for a in ("finetune", "probe") if a in g["adaptations"]}}
+    # the recipe each stage runs with, and where its keys come from (named in errors): per objective
+    # for pretraining (objectives.<o>.pretrain over pretrain:), a named recipe over a fine-tune's section
+    recipes = {f"pretrain (with objectives.{o}.pretrain)" if config["objectives"][o].get("pretrain") else "pretrain":
                {**config["pretrain"], **config["objectives"][o].get("pretrain", {})} for o in g["objectives"]}
-    recipes.update({stage: finetune_recipe(config, stage) if stage in ("finetune", "probe") else config[stage]
+    recipes.update({f"{stage} (with recipes.{config[stage]['recipe']})" if config[stage].get("recipe") else stage:
+                    finetune_recipe(config, stage) if stage in ("finetune", "probe") else config[stage]
                     for stage in ("intermediate", "finetune", "probe")})
     for where, c in recipes.items():
-        stage = where.split()[0]
+        stage, source = where.split()[0], where[len(where.split()[0]):]
         if not used.get(stage):
             continue  # the stage never runs
         if c["iterations"] == 0 and c["epochs"] < 1:
-            raise UserError(f"{stage}.epochs: 0 with {stage}.iterations 0 trains nothing (the model would "
+            raise UserError(f"{stage}.epochs{source}: 0 with {stage}.iterations 0 trains nothing (the model would "
                             f"be scored untrained); set {stage}.epochs or {stage}.iterations to at least 1")
         budget, unit = (c["iterations"], "iterations") if c["iterations"] else (c["epochs"], "epochs")
         late = [m for m in c["milestones"] if m >= budget] if c["schedule"] == "multistep" else []
         if late:
-            raise UserError(f"{stage}.milestones: {late[0]} is not below {stage}.{unit} {budget}, so the "
+            raise UserError(f"{stage}.milestones{source}: {late[0]} is not below {stage}.{unit} {budget}, so the "
                             f"learning rate never drops there; lower it, or remove it")
         if c["warmup"] >= budget:
-            raise UserError(f"{stage}.warmup: {c['warmup']} is not below {stage}.{unit} {budget}; the whole "
+            raise UserError(f"{stage}.warmup{source}: {c['warmup']} is not below {stage}.{unit} {budget}; the whole "
                             "run would be warm-up")
     smallest = {"pretrain": ("grid.pretrain_sizes", min(used["pretrain"], default=0)),
                 **{a: ("grid.finetune_sizes", min(counts, default=0)) for a in ("finetune", "probe") if a in used}}
@@ -117,10 +120,10 @@ def _check_across_keys(config: dict) -> None:
                             f"{n}, so with {stage}.drop_last that run would have no batch; lower "
                             f"{stage}.batch_size or set {stage}.drop_last false")
     normed = [b for b in g["backbones"] if grid.backbones()[b]["batch_norm"]]
-    tune = recipes["finetune"]
+    tune = finetune_recipe(config, "finetune")
     b = tune["batch_size"]  # (a probe keeps its frozen BatchNorm in eval mode)
     single = [n for n in counts if n % b == 1 or b == 1]
-    if "finetune" in used and normed and single and (b == 1 or not tune["drop_last"]):
+    if "finetune" in used and normed and single and (b == 1 or not tune["drop_last"]):  # (fractions: stages/train.py)
         raise UserError(f"finetune.batch_size: {b} leaves a last batch of one image for grid.finetune_sizes "
                         f"{single[0]}, which BatchNorm ({normed[0]}) cannot train on; change the batch "
                         "or set finetune.drop_last true")
@@ -245,15 +248,16 @@ FROZEN = {"probe": ["backbone."]}  # what an adaptation never trains
 MODEL_KEYS = ("image_size", "patch_size")  # the `model:` keys every model is built with
 
 
-def model_settings(config: dict, backbone: str, decoder: int | None = None) -> dict:
+def model_settings(config: dict, backbone: str, decoder: int | None = None, weights: bool = False) -> dict:
     """The `model` slice a model-building stage receives: the run's backbone, image and patch
     size; the UNet decoder's channels and width where the stage builds one (`decoder`: the
-    run's width); the backbone's weights file where model.weights names one. Nothing else, so a
-    decoder or weights setting reruns only the stages it shapes."""
+    run's width); with `weights` (a stage that starts from no checkpoint), the backbone's
+    weights file where model.weights names one. Nothing else, so a decoder or weights setting
+    reruns only the stages it shapes."""
     m = {"backbone": backbone, **{k: config["model"][k] for k in MODEL_KEYS}}
     if decoder is not None:
         m.update(decoder_channels=config["model"]["decoder_channels"], decoder_width=decoder)
-    if backbone in config["model"]["weights"]:
+    if weights and backbone in config["model"]["weights"]:
         m["weights"] = config["model"]["weights"][backbone]
     return m
 
@@ -284,7 +288,10 @@ def stage_settings(config: dict, stage: str, run) -> dict:
         extra = {"classes": classes}
         section = finetune_recipe(config, stage) if stage in ("finetune", "probe") else config[stage]
         decoder = run.decoder if stage != "intermediate" and section["head"] == "unet" else None
-    s = {"stage": stage, "objective": objective, "model": model_settings(config, run.backbone, decoder),
+    # where the stage starts from no checkpoint, model.weights initialises its backbone
+    fresh = not constant(objective, "INIT") if stage == "pretrain" else \
+        not run.pretrain if stage == "intermediate" else not (run.pretrain or run.intermediate)
+    s = {"stage": stage, "objective": objective, "model": model_settings(config, run.backbone, decoder, fresh),
          "device": config["device"], **config["train"], **section, **extra}
     frozen = FROZEN.get(stage, []) + (constant(objective, "FREEZE") or [])
     if frozen:

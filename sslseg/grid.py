@@ -126,7 +126,10 @@ def coordinates(run: Any, upto: str = "finetune") -> dict:
     """The run's coordinates on the axes up to stage `upto`, JSON-ready (booleans as 0/1,
     as the tables read them): what a result file of that stage records about itself."""
     stages = STAGES[: STAGES.index(upto) + 1]
-    return {a.name: int(v) if isinstance(v := getattr(run, a.name), bool) else v for a in AXES if a.stage in stages}
+    out = {a.name: int(v) if isinstance(v := getattr(run, a.name), bool) else v for a in AXES if a.stage in stages}
+    if upto != "model" and "decoder" not in out and has_decoder(run.objective):  # dep/ddep differ by width
+        out["decoder"] = run.decoder
+    return out
 
 
 def runs(config: dict) -> list[Any]:
@@ -171,8 +174,8 @@ def view(config: dict) -> dict:
 
     inits = {o: {k: config["objectives"][o][k]} for o in config["grid"]["objectives"]
              if (k := constant(o, "INIT")) and k in config["objectives"].get(o, {})}
-    return {"grid": config["grid"], "objectives": inits,
-            **{a: {"head": config[a]["head"]} for a in ("finetune", "probe")}}
+    return {"grid": config["grid"], "objectives": inits,  # (another head than unet changes no run list)
+            **{a: {"head": "unet" if config[a]["head"] == "unet" else "other"} for a in config["grid"]["adaptations"]}}
 
 
 def first_run(config: dict, stage: str) -> Any | None:
@@ -198,6 +201,15 @@ def skipped(config: dict) -> list[str]:
             elif _incompatible(b, o, config):
                 out.append(f"grid: no {o} pretraining on {b}: its encoder comes from "
                            f"{encoder_objective(config, o)}, which cannot pretrain {b}")
+    from sslseg.objectives import constant
+
+    for o in grid["objectives"]:  # a frozen encoder + a decoder that the head then drops: a repeat
+        source = encoder_objective(config, o)
+        if source and has_decoder(o) and "backbone." in (constant(o, "FREEZE") or []):
+            for a in grid["adaptations"]:
+                if config.get(a, {}).get("head") != "unet":
+                    out.append(f"grid: {o}'s {a} runs drop its decoder ({a}.head is not unet), so they repeat "
+                               f"{source}'s, whose frozen encoder they share; set {a}.head unet to compare decoders")
     return out
 
 

@@ -175,7 +175,7 @@ def test_ddep_loads_only_the_encoder_and_keeps_it_frozen_in_eval(tmp_path):
     ddep = DDeP(VINY)
     torch.manual_seed(4)
     same = decoder_state(DDeP(VINY))
-    dropped = _init_from(ddep, str(tmp_path / "dep.pt"))
+    dropped = _init_from(ddep, str(tmp_path / "dep.pt"), {})
     assert all(torch.equal(v, same[k]) for k, v in ddep.decoder.state_dict().items())  # random init, as seed 004
     assert "decoder.blocks.0.conv1.0.weight" in dropped
     ddep.train()
@@ -218,7 +218,7 @@ def test_unet_finetune_starts_from_the_dep_decoder_except_its_output_conv(tmp_pa
     from sslseg.stages.train import _init_from
 
     fresh = Segment(VINY, 2, 0.0, "unet")
-    assert _init_from(fresh, str(tmp_path / "dep.pt")) == dropped
+    assert _init_from(fresh, str(tmp_path / "dep.pt"), {}) == dropped
     assert torch.equal(fresh.decoder.blocks[0].conv1[0].weight, theirs["blocks.0.conv1.0.weight"])
 
 

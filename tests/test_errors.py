@@ -146,6 +146,14 @@ BAD_CONFIGS = [
      "adam_cosine)"),
     ("grid: {finetune_sizes: ['150%']}", "grid.finetune_sizes.0: '150%' does not match"),
     ("grid: {pretrain_data: [animals]}", "grid.pretrain_data.0: 'animals' is not one of"),
+    # fractions of a real pool (size unknown before packing) still get the recipe checks
+    ("{grid: {finetune_sizes: ['5%']}, finetune: {epochs: 10}}", "finetune.milestones: 70 is not below "
+     "finetune.epochs 10"),
+    # a value from a recipe or an objective's own recipe names where it came from
+    ("finetune: {recipe: adamw_multistep, epochs: 15}", "finetune.milestones (with recipes.adamw_multistep): 70 is "
+     "not below finetune.epochs 15"),
+    ("objectives: {mae: {pretrain: {epochs: 40}}}", "pretrain.milestones (with objectives.mae.pretrain): 50 is not "
+     "below pretrain.epochs 40"),
     ("data: {pets: {split: train_val_test, val_fraction: 0.5, test_fraction: 0.5}}",
      "data.pets.val_fraction: 0.5 + data.pets.test_fraction 0.5 leave no pets to train on"),
 ]

@@ -228,3 +228,23 @@ def test_workflow_plans_fractions_and_the_validation_set(tmp_path):
     (wf / "tvt.yaml").write_text((wf / "tvt.yaml").read_text().replace("train_val_test", "test_draw"))
     out = snakemake(wf, "-n", "-p", "--cores", "1", *TINY, "tvt.yaml").stdout
     assert "val.txt" not in out and "--size 50pct --seed 0" in out
+
+
+def test_a_resolved_fraction_leaving_one_image_for_batchnorm_is_a_one_line_error(tmp_path):
+    """The config cannot check a fraction of a real pool (its size is known once packed): the
+    fine-tune checks the resolved count before its first step."""
+    from sslseg.config import load_config, stage_settings
+    from sslseg.stages.train import finetune
+
+    pets_pack(tmp_path / "pets.h5", n=16)
+    write_rows(tmp_path / "rows.txt", np.arange(5))  # 5 images at batch 4: a last batch of one
+    cfg = load_config(ROOT / "config.yaml", ROOT / "workflow/configs/tiny.yaml")
+    run = grid.Run(**{**grid.coordinates(grid.first_run(cfg, "finetune")), "backbone": "resnet18",
+                      "intermediate": False, "decoder": 1})
+    settings = {**stage_settings(cfg, "finetune", run), "batch_size": 4, "epochs": 1, "milestones": []}
+    with pytest.raises(UserError) as e:
+        finetune(str(tmp_path / "pets.h5"), str(tmp_path / "rows.txt"), str(tmp_path / "m.pt"),
+                 str(tmp_path / "log.csv"), settings, {"log_every": 10, "checkpoint_every": 10, "memory_gb": 1.0,
+                                                       "progress": False})
+    assert str(e.value).startswith("finetune.batch_size: 4 leaves a last batch of one image for the 5 images")
+    assert not (tmp_path / "m.pt").exists()

@@ -139,8 +139,8 @@ def test_ddep_starts_from_its_encoder_objective_and_freezes_it():
                  intermediate=[False], finetune_sizes=[4], seeds=[0])
     runs = grid.runs(cfg)
     assert sorted(grid.pretrain_dir(r) for r in runs) == ["viny/ddep-random-16", "viny/simmim-random-16"]
-    assert grid.skipped(cfg)[-1] == ("grid: no ddep pretraining on resnet18: its encoder comes from simmim, "
-                                     "which cannot pretrain resnet18")
+    assert ("grid: no ddep pretraining on resnet18: its encoder comes from simmim, which cannot pretrain "
+            "resnet18") in grid.skipped(cfg)
     ddep = next(r for r in runs if r.objective == "ddep")
     assert grid.encoder_objective(cfg, "ddep") == "simmim"
     assert stage_settings(cfg, "pretrain", ddep)["freeze"] == ["backbone."]
@@ -168,3 +168,25 @@ def test_named_recipes_override_the_finetune_section():
     b = stage_settings(config({"finetune": {"recipe": "adamw_multistep"}}, pretrain_sizes=[0], intermediate=[False],
                               finetune_sizes=[4], seeds=[0]), "finetune", grid.runs(base)[0])
     assert a == b  # study A's recipe is the finetune: section's defaults
+
+
+def test_a_decoder_pretraining_pairs_with_the_headless_baseline_at_every_width():
+    from sslseg.report.tables import pretrain_delta
+
+    rows = [dict(backbone="viny", objective="none", data="none", pretrain=0, intermediate=0, adaptation="finetune",
+                 labels="full", finetune=4, decoder=1, seed=s, miou=0.30) for s in (0, 1)]
+    rows += [dict(rows[0], objective="dep", data="random", pretrain=16, decoder=w, seed=s, miou=0.30 + 0.01 * w)
+             for w in (1, 2) for s in (0, 1)]
+    d = pretrain_delta(pd.DataFrame(rows)).set_index("decoder")
+    assert d.delta_mean.round(6).to_dict() == {1: 1.0, 2: 2.0}  # width 2 is not dropped for want of a baseline
+
+
+def test_ddep_with_a_head_that_drops_its_decoder_is_named_a_repeat():
+    cfg = config(objectives=["simmim", "ddep"], pretrain_sizes=[16], intermediate=[False], finetune_sizes=[4],
+                 seeds=[0])
+    assert grid.skipped(cfg) == ["grid: ddep's finetune runs drop its decoder (finetune.head is not unet), so they "
+                                 "repeat simmim's, whose frozen encoder they share; set finetune.head unet to compare "
+                                 "decoders"]
+    unet = config({"finetune": {"head": "unet"}}, objectives=["simmim", "ddep"], pretrain_sizes=[16],
+                  intermediate=[False], finetune_sizes=[4], seeds=[0])
+    assert grid.skipped(unet) == []

@@ -18,7 +18,8 @@ from sslseg.io import Output, UserError, atomic_path
 from sslseg.report.tables import _pm, read_runs, summarise
 
 PUBLISHED = Path(__file__).with_name("published.csv")
-STUDY_A = {"backbone": "viny", "objective": "simmim", "data": "random", "adaptation": "finetune", "labels": "full"}
+STUDY_A = {"backbone": "viny", "objective": "simmim", "data": "random", "adaptation": "finetune", "labels": "full",
+           "decoder": 1}
 PRETRAINING = ("objective", "data")
 WITHIN = 2.0  # combined standard deviations
 

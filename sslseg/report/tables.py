@@ -170,6 +170,11 @@ def pretrain_delta(runs: pd.DataFrame) -> pd.DataFrame:
     if "pretrain" not in runs or not (runs.pretrain == 0).any() or not (runs.pretrain > 0).any():
         return pd.DataFrame(columns=["objective", "data", "pretrain", *down[:-1], "delta_mean", "delta_se", "seeds"])
     base = runs[runs.pretrain == 0][down + ["miou"]].rename(columns={"miou": "base"})
+    if "decoder" in base:
+        # a baseline without a UNet head has no decoder, so width 1 only: it pairs with every width
+        # a dep/ddep pretraining has (their decoder is dropped by a non-UNet head)
+        missing = set(runs.loc[runs.pretrain > 0, "decoder"]) - set(base.decoder)
+        base = pd.concat([base, *(base[base.decoder == 1].assign(decoder=w) for w in sorted(missing))])
     pre = runs[runs.pretrain > 0].merge(base, on=down, validate="many_to_one")  # one baseline per pairing
     d = pre.assign(delta=(pre.miou - pre.base) * 100)
     keys = [k for k in ("backbone", "objective", "data", "pretrain") if k in d] + [k for k in down[:-1] if k != "backbone"]

@@ -32,6 +32,12 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
     keys = ("images", "aspect") + ((label_key,) if label_key else ())  # "aspect": packs of whole images only
     batches = Batches(pack_file, rows, settings["batch_size"], device, keys, runtime["memory_gb"],
                       drop_last=settings["drop_last"], masks=labels)
+    b = batches.batch_size
+    if settings["stage"] == "finetune" and getattr(getattr(objective, "backbone", None), "batch_norm", False) \
+            and not settings["drop_last"] and batches.n % b == 1:  # (sslseg.config checks the counts it knows)
+        raise UserError(f"finetune.batch_size: {b} leaves a last batch of one image for the {batches.n} images of "
+                        f"this run, which BatchNorm ({settings['model']['backbone']}) cannot train on; change the "
+                        "batch or set finetune.drop_last true")
     transform = make_transform(settings["augment"], settings["model"]["image_size"], label_key)
     resume = Path(out).with_name(f".{Path(out).name}.resume")
     validate = None if val_rows is None else segmentation_validator(pack_file, val_rows, settings, device)

@@ -143,6 +143,13 @@ def domain_list(data):
     )
 
 
+def domain_settings(data):
+    """The class list's setting, for the subsets drawn by domain only (the others never read it)."""
+    if data not in ("in_domain", "out_domain", "mixed"):
+        return {}
+    return {"domain_classes": config["data"]["pretrain"]["domain_classes"]}
+
+
 def source_input(kind):
     """The job that makes a dataset's folder, when the workflow makes it (demo, archive)."""
     if kind == "intermediate" and config["data"][kind]["archive"]:

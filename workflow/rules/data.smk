@@ -103,15 +103,9 @@ rule pack_pretrain:
         settings=lambda w: as_json(
             {
                 k: config["data"]["pretrain"][k]
-                for k in (
-                    "source",
-                    "download",
-                    "subset_seed",
-                    "pack_size",
-                    "resize",
-                    "domain_classes",
-                )
+                for k in ("source", "download", "subset_seed", "pack_size", "resize")
             }
+            | domain_settings(w.data)
             | {
                 "subset": w.data,
                 "size": max(r.pretrain for r in RUNS if r.data == w.data),
