@@ -37,6 +37,21 @@ def test_the_sample_configs_plan_what_their_readmes_say(name, runs, jobs):
     assert len(read_runs(RESULTS / name / "runs.csv")) == runs
 
 
+def _check_delta_table(name: str, column: str, values: str, cells: int) -> str:
+    """The README's Δ table of sample `name` (rows named by `column`) equals its pretrain_delta.csv,
+    and its count of cells beyond 2 s.e. is right; returns the README's text."""
+    text = (RESULTS / name / "README.md").read_text()
+    delta = pd.read_csv(RESULTS / name / "pretrain_delta.csv")
+    rows = _delta_rows(text, values)
+    assert len(rows) == len(delta) == cells
+    for value, budget, mean, se, beyond in rows:
+        d = delta[(delta[column] == value) & (delta.finetune.astype(str) == budget)].iloc[0]
+        assert (_num(mean), float(se)) == (round(d.delta_mean, 2), round(d.delta_se, 2))
+        assert (beyond == "yes") == bool(d.beyond_2se)
+    assert f"**{int(delta.beyond_2se.sum())} of {len(delta)}** cells" in text
+    return text
+
+
 def _paired(runs: pd.DataFrame, axis: str, a: str, b: str, budget: str) -> tuple[float, float]:
     cell = runs[runs.finetune.astype(str) == budget].pivot_table(index="seed", columns=axis, values="miou") * 100
     d = cell[a] - cell[b]
@@ -44,15 +59,7 @@ def _paired(runs: pd.DataFrame, axis: str, a: str, b: str, budget: str) -> tuple
 
 
 def test_sample_c_readme_says_what_its_csvs_hold():
-    text = (RESULTS / "sample-c" / "README.md").read_text()
-    delta = pd.read_csv(RESULTS / "sample-c" / "pretrain_delta.csv")
-    rows = _delta_rows(text, "in_domain|out_domain|mixed")
-    assert len(rows) == len(delta) == 6
-    for data, budget, mean, se, beyond in rows:
-        d = delta[(delta.data == data) & (delta.finetune.astype(str) == budget)].iloc[0]
-        assert (_num(mean), float(se)) == (round(d.delta_mean, 2), round(d.delta_se, 2))
-        assert (beyond == "yes") == bool(d.beyond_2se)
-    assert f"**{int(delta.beyond_2se.sum())} of {len(delta)}** cells" in text
+    text = _check_delta_table("sample-c", "data", "in_domain|out_domain|mixed", 6)
     runs = read_runs(RESULTS / "sample-c" / "runs.csv")
     vit = runs[runs.backbone == "viny"]
     for budget, words in (("100%", "on the whole split"), ("50%", "on half of it")):
@@ -61,15 +68,7 @@ def test_sample_c_readme_says_what_its_csvs_hold():
 
 
 def test_sample_d_readme_says_what_its_csvs_hold():
-    text = (RESULTS / "sample-d" / "README.md").read_text()
-    delta = pd.read_csv(RESULTS / "sample-d" / "pretrain_delta.csv")
-    rows = _delta_rows(text, "simmim|dep|ddep")
-    assert len(rows) == len(delta) == 9
-    for objective, budget, mean, se, beyond in rows:
-        d = delta[(delta.objective == objective) & (delta.finetune.astype(str) == budget)].iloc[0]
-        assert (_num(mean), float(se)) == (round(d.delta_mean, 2), round(d.delta_se, 2))
-        assert (beyond == "yes") == bool(d.beyond_2se)
-    assert f"**{int(delta.beyond_2se.sum())} of {len(delta)}** cells" in text
+    text = _check_delta_table("sample-d", "objective", "simmim|dep|ddep", 9)
     runs = read_runs(RESULTS / "sample-d" / "runs.csv")
     said = re.search(r"−?\d\.\d\d ± \d\.\d\d points at 5 %, (−?\d\.\d\d) ± (\d\.\d\d) at 20 %, (−?\d\.\d\d) ± "
                      r"(\d\.\d\d) at 100 %", text)
