@@ -79,7 +79,8 @@ def test_every_result_names_its_grid_coordinates(tiny_run):
     out = tiny_run / "results" / "tiny"
     metrics = json.loads((out / "runs/viny/simmim-random-16-i1/finetune-full-n4-s0/metrics.json").read_text())
     assert metrics["run"] == {"backbone": "viny", "objective": "simmim", "data": "random", "pretrain": 16,
-                              "intermediate": 1, "adaptation": "finetune", "labels": "full", "finetune": 4, "seed": 0}
+                              "intermediate": 1, "adaptation": "finetune", "labels": "full", "finetune": 4, "seed": 0,
+                              "decoder": 1}  # the UNet width axis: 1 for a run without a decoder
     scratch = json.loads((out / "runs/viny/scratch-i0/finetune-full-n8-s1/metrics.json").read_text())["run"]
     assert (scratch["objective"], scratch["data"], scratch["pretrain"]) == ("none", "none", 0)
     runs = pd.read_csv(out / "report" / "runs.csv")
