@@ -159,15 +159,11 @@ def pool_size(config: dict) -> int | None:
 def known_counts(config: dict) -> list[int]:
     """The label budgets of grid.finetune_sizes as image counts, as far as the config fixes them:
     every count, and the fractions where the pool size is known (pool_size)."""
-    pool = pool_size(config)
-    return [grid_size(v, pool) for v in config["grid"]["finetune_sizes"]
-            if isinstance(v, int) or pool is not None]
-
-
-def grid_size(value: int | str, pool: int | None) -> int:
     from sslseg.grid import resolve_size
 
-    return resolve_size(value, pool or 0)
+    pool = pool_size(config)
+    return [resolve_size(v, pool or 0) for v in config["grid"]["finetune_sizes"]
+            if isinstance(v, int) or pool is not None]
 
 
 def _check_names(config: dict) -> None:
