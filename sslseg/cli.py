@@ -101,7 +101,9 @@ def outputs(func: Callable, args: dict) -> list[str]:
     return [args[n] for n, h in hints.items() if args.get(n) and (h == Output or Output in typing.get_args(h))]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, warm: bool = True) -> None:
+    """Run a command. `warm`: hand it to the warm-start server when the workflow asks for one
+    (sslseg.warm; False in the server's own children)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv:
         argv[0] = argv[0].replace("-", "_") if not argv[0].startswith("-") else argv[0]  # pack-pets = pack_pets
@@ -115,6 +117,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"sslseg: error: unknown command {argv[0]!r}", file=sys.stderr)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command = argv[0]
+    if warm and "--help" not in argv and "-h" not in argv:
+        from sslseg import warm as warm_start
+
+        if warm_start.wanted():
+            status = warm_start.run(argv)
+            if status is not None:
+                sys.exit(status)
     func = resolve(command)
     args = vars(command_parser(command, func).parse_args(argv[1:]))
     try:

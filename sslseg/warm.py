@@ -1,0 +1,295 @@
+"""Warm start: import torch and the stages once, fork one child per job.
+
+Every rule runs `python -m sslseg <command>`, and importing torch + timm + a stage costs
+~4-5 s of CPU (BENCHMARKS.md), paid again by each of a grid's hundreds of jobs. With
+`runtime.warm_start` (the default for local runs), a job's process is a thin client: it hands
+its arguments, working directory, environment and stdin/stdout/stderr to a server that has
+imported every command's module, and the server forks a child that runs the command exactly
+as the job's own process would have (same argv, cwd, environment, open files). The fork
+shares the imported modules, so the job starts in milliseconds.
+
+The client stays the job as far as Snakemake can tell: it exits with the child's status (or
+dies by the child's signal), forwards SIGTERM/SIGINT/SIGHUP to it, and if the client is
+killed outright the server kills the child (SIGKILL, as the job's own process would have
+died). The server starts on the first job (that job runs without it), serves one user, one
+interpreter and one checkout (the socket's name is a hash of them), refuses and exits as
+soon as a module it imported has changed on disk (the job then runs cold and the next one
+starts a fresh server), and exits after IDLE_S seconds without jobs. Not under SLURM (a job
+per allocation: nothing to share), nor when SSLSEG_RUNTIME is not set (a stage run by hand).
+
+What changes for the user: Snakemake's `benchmark:` files of warm jobs hold the job's wall
+time, but their CPU and memory columns measure the client (the child is the server's);
+`runtime.warm_start: false` gives every job its own process again. Standard library only:
+the client must not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+IDLE_S = 30.0  # a server with no job for this long exits: a workflow starts its next job within a second or so,
+# and an idle server holds ~0.5 GB
+REPLY_TIMEOUT_S = 30.0  # a server that does not fork within this is given up on (the job runs cold)
+PACKAGE = Path(__file__).resolve().parent
+
+
+def socket_path() -> str:
+    """One server per user, interpreter and sslseg checkout (the package the client imported)."""
+    key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{PACKAGE}\0{sys.version}".encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), f"sslseg-{os.getuid()}-{key}.sock")
+
+
+def wanted(environ: dict | None = None) -> bool:
+    """Whether a job should go through the server: the workflow's runtime settings ask for it
+    (runtime.warm_start, handed over in SSLSEG_RUNTIME) and the job is not a SLURM job."""
+    env = os.environ if environ is None else environ
+    if "SLURM_JOB_ID" in env or "SSLSEG_RUNTIME" not in env:
+        return False
+    try:
+        return bool(json.loads(env["SSLSEG_RUNTIME"]).get("warm_start", False))
+    except (json.JSONDecodeError, AttributeError):
+        return False  # the job reports the bad value itself (sslseg.runtime)
+
+
+# ---------------------------------------------------------------------------------------- client
+
+def run(argv: list[str]) -> int | None:
+    """Run `python -m sslseg <argv>` in a child of the server; its exit status, or None when
+    no server could take the job (none running: one is started for the next job; or it
+    refused: its code is stale), and the caller runs the job itself."""
+    path = socket_path()
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError):
+        conn.close()
+        start_server(path)
+        return None
+    with conn:
+        request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+        socket.send_fds(conn, [len(request).to_bytes(8, "big") + request], [0, 1, 2])
+        conn.settimeout(REPLY_TIMEOUT_S)
+        reader = conn.makefile("r")
+        try:
+            first = json.loads(reader.readline() or "{}")
+        except (TimeoutError, json.JSONDecodeError):
+            return None
+        if "pid" not in first:
+            return None  # stale: the server exits, the job runs cold
+        child = first["pid"]
+
+        def forward(signum, _frame):
+            try:
+                os.kill(child, signum)
+            except ProcessLookupError:
+                pass
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, forward)
+        conn.settimeout(None)
+        line = reader.readline()
+    status = json.loads(line)["status"] if line else -signal.SIGKILL  # server gone: the child with it
+    if status < 0:  # killed by a signal: die by the same one, as the job's own process would have
+        signal.signal(-status, signal.SIG_DFL)
+        os.kill(os.getpid(), -status)
+        return 128 - status
+    return status
+
+
+def start_server(path: str) -> None:
+    """Start a server in the background (its own session, so a job's kill does not reach it)."""
+    log = open(path + ".log", "ab")
+    subprocess.Popen([sys.executable, "-m", "sslseg.warm", path], stdin=subprocess.DEVNULL, stdout=log,
+                     stderr=log, start_new_session=True, close_fds=True)
+    log.close()
+
+
+# ---------------------------------------------------------------------------------------- server
+
+def _loaded_files() -> dict[str, int]:
+    """The sslseg source files imported so far, with their modification times."""
+    out = {}
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None)
+        if f and f.endswith(".py") and Path(f).resolve().is_relative_to(PACKAGE):
+            try:
+                out[f] = os.stat(f).st_mtime_ns
+            except OSError:
+                out[f] = -1
+    return out
+
+
+def _stale(files: dict[str, int]) -> str | None:
+    for f, mtime in files.items():
+        try:
+            if os.stat(f).st_mtime_ns != mtime:
+                return f
+        except OSError:
+            return f
+    return None
+
+
+def _preload() -> None:
+    """Import torch, every command's module and every objective (what the jobs would import),
+    never touching CUDA: a CUDA context does not survive fork, so the children must be the
+    first to open one."""
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"  # torch.cuda.is_available() without cuInit
+    import importlib
+
+    from sslseg import objectives
+    from sslseg.cli import COMMANDS
+
+    modules = [t.split(":")[0] for t in COMMANDS.values()] + [f"sslseg.objectives.{o}" for o in objectives.available()]
+    for name in dict.fromkeys(modules):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # a module that cannot import here fails in its own job, cold
+            print(f"warm: not preloaded: {name}: {e}", flush=True)
+
+
+def _child(request: dict, fds: list[int], inherited: list) -> None:
+    """In the forked child: become the job's process, run the command, exit with its status.
+    `inherited`: the server's sockets, selector and lock file, which the job must not hold."""
+    try:
+        for obj in inherited:
+            os.close(obj if isinstance(obj, int) else obj.fileno())
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.setsid()  # the job's own process group, apart from the server's
+        for target, fd in zip((0, 1, 2), fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdin, sys.stdout, sys.stderr = (open(0, "r", closefd=False), open(1, "w", closefd=False),
+                                             open(2, "w", closefd=False))
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.argv = [str(PACKAGE / "__main__.py"), *request["argv"]]
+        from sslseg.cli import main
+
+        code = 0
+        try:
+            main(list(request["argv"]), warm=False)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if not isinstance(e.code, (int, type(None))):
+                print(e.code, file=sys.stderr)
+        except KeyboardInterrupt:
+            traceback.print_exc()
+            code = 128 + signal.SIGINT
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        import atexit
+
+        atexit._run_exitfuncs()  # what the interpreter would run at the end of a job's own process
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    os._exit(code)
+
+
+def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    head, fds, _, _ = socket.recv_fds(conn, 8 + 65536, 3)
+    size = int.from_bytes(head[:8], "big")
+    body = bytearray(head[8:])
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ConnectionError("client closed")
+        body += chunk
+    return json.loads(body), fds
+
+
+def serve(path: str, idle_s: float = IDLE_S) -> None:
+    """Accept jobs on the socket `path` until IDLE_S seconds pass with none running."""
+    import fcntl
+
+    lock = open(path + ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another server for this socket is starting or running
+    _preload()
+    files = _loaded_files()
+    if os.path.exists(path):
+        os.unlink(path)  # we hold the lock: a socket file left here belongs to a dead server
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    jobs: dict[int, socket.socket] = {}  # child pid → its client's connection
+    last = time.monotonic()
+    print(f"warm: serving {path} (pid {os.getpid()}, {len(files)} sslseg modules)", flush=True)
+    try:
+        while jobs or (time.monotonic() - last < idle_s and PACKAGE.is_dir()):
+            for key, _ in sel.select(timeout=0.2):
+                if key.fileobj is listener:
+                    conn, _ = listener.accept()
+                    try:
+                        request, fds = _receive(conn)
+                    except (ConnectionError, ValueError, OSError):
+                        conn.close()
+                        continue
+                    changed = _stale(files)
+                    if changed:
+                        print(f"warm: {changed} changed since it was imported; exiting", flush=True)
+                        conn.sendall(b'{"stale": true}\n')
+                        conn.close()
+                        for fd in fds:
+                            os.close(fd)
+                        return
+                    pid = os.fork()
+                    if pid == 0:
+                        _child(request, fds, [listener, conn, *jobs.values(), sel.fileno(), lock])
+                    for fd in fds:
+                        os.close(fd)
+                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+                    jobs[pid] = conn
+                    sel.register(conn, selectors.EVENT_READ, pid)
+                else:  # a client sends nothing after its request: readable means it is gone
+                    pid = key.data
+                    sel.unregister(key.fileobj)
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            for pid in list(jobs):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    conn = jobs.pop(pid)
+                    code = os.waitstatus_to_exitcode(status)
+                    try:
+                        conn.sendall(json.dumps({"status": code}).encode() + b"\n")
+                    except OSError:
+                        pass
+                    try:
+                        sel.unregister(conn)
+                    except (KeyError, ValueError):
+                        pass
+                    conn.close()
+                    last = time.monotonic()
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+        listener.close()
+        print("warm: exiting", flush=True)
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else IDLE_S)

@@ -1,0 +1,179 @@
+"""Warm start (sslseg/warm.py): a job handed to the server is the job run in its own process,
+minus the imports: same artifacts, same exit status and messages, killed when its client is."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sslseg import grid, warm
+from sslseg.config import load_config, stage_settings
+from sslseg.data.splits import write_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME = {"log_every": 10, "checkpoint_every": 10, "memory_gb": 1.0, "progress": False, "warm_start": True}
+
+
+def test_only_workflow_jobs_outside_slurm_go_warm():
+    on = {"SSLSEG_RUNTIME": json.dumps(RUNTIME)}
+    assert warm.wanted(on)
+    assert not warm.wanted({})  # a stage run by hand
+    assert not warm.wanted({**on, "SLURM_JOB_ID": "7"})
+    assert not warm.wanted({"SSLSEG_RUNTIME": json.dumps({**RUNTIME, "warm_start": False})})
+    assert not warm.wanted({"SSLSEG_RUNTIME": "{not json"})  # the job itself reports it (sslseg.runtime)
+
+
+@pytest.fixture
+def job(tmp_path):
+    """A copy of the package (its own server, files the test may touch), a 24-image pets pack,
+    fine-tune settings, and a function running `python -m sslseg finetune` as the workflow does."""
+    code = tmp_path / "code"
+    shutil.copytree(ROOT / "sslseg", code / "sslseg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "workflow" / "schemas", code / "workflow" / "schemas")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    import h5py
+
+    with h5py.File(tmp_path / "pets.h5", "w") as f:
+        f["images"], f["masks"] = images, (images[..., 0] // 86).astype(np.uint8)
+    write_rows(tmp_path / "rows.txt", np.arange(16))
+    cfg = load_config(ROOT / "config.yaml", ROOT / "workflow/configs/tiny.yaml")
+    settings = {**stage_settings(cfg, "finetune", grid.first_run(cfg, "finetune")), "batch_size": 4, "epochs": 2,
+                "iterations": 0, "milestones": []}
+    env = {**os.environ, "PYTHONPATH": str(code), "TMPDIR": str(tmp_path), "SSLSEG_RUNTIME": json.dumps(RUNTIME)}
+
+    def run(tag: str, warm_start: bool = True, settings=settings, wait: bool = True, **extra):
+        out = tmp_path / tag
+        out.mkdir(exist_ok=True)
+        e = {**env, "SSLSEG_RUNTIME": json.dumps({**RUNTIME, "warm_start": warm_start}), **extra}
+        args = [sys.executable, "-m", "sslseg", "finetune", "--pets", str(tmp_path / "pets.h5"), "--rows",
+                str(tmp_path / "rows.txt"), "--out", str(out / "model.pt"), "--log", str(out / "log.csv"),
+                "--settings", json.dumps(settings), "--threads", "1"]
+        log = open(out / "job.log", "w")
+        proc = subprocess.Popen(args, cwd=tmp_path, env=e, stdout=log, stderr=subprocess.STDOUT)
+        if not wait:
+            return proc, out
+        proc.wait(timeout=300)
+        return proc.returncode, out
+    run.tmp, run.settings = tmp_path, settings
+    yield run
+    for log in tmp_path.glob("sslseg-*.sock.log"):  # stop the test's server
+        for pid in {int(w) for line in log.read_text().splitlines() if "(pid " in line
+                    for w in [line.split("(pid ")[1].split(",")[0]]}:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def wait_for_server(tmp: Path, timeout: float = 120) -> int:
+    """The pid of the server the first job started, once it listens."""
+    end = time.time() + timeout
+    while time.time() < end:
+        for log in tmp.glob("sslseg-*.sock.log"):
+            text = log.read_text()
+            if "serving" in text and Path(str(log)[:-len(".log")]).exists():
+                return int(text.split("(pid ")[-1].split(",")[0])
+        time.sleep(0.2)
+    raise AssertionError("no warm-start server came up: " + " ".join(p.read_text() for p in tmp.glob("*.sock.log")))
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def weights(path: Path) -> dict:
+    ckpt = torch.load(path, weights_only=False)
+    return ckpt.get("model", ckpt)
+
+
+def test_a_warm_job_writes_what_a_cold_one_does_for_a_fraction_of_the_cpu(job):
+    code, cold = job("cold", warm_start=False)
+    assert code == 0, (cold / "job.log").read_text()
+    code, first = job("first")  # no server yet: runs cold and starts one
+    assert code == 0, (first / "job.log").read_text()
+    wait_for_server(job.tmp)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    code, hot = job("warm")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert code == 0, (hot / "job.log").read_text()
+    a, b = weights(cold / "model.pt"), weights(hot / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if isinstance(a[k], torch.Tensor))
+    losses = [(d / "log.csv").read_text().splitlines() for d in (cold, hot)]
+    assert [line.split(",")[:3] for line in losses[0]] == [line.split(",")[:3] for line in losses[1]]
+    sidecar = json.loads((hot / "model.pt.json").read_text())
+    assert sidecar["stage"] == "finetune" and sidecar["seed"] == job.settings["seed"]
+    # the client is all the job's process pays: no torch import (a cold job: ~4 s of CPU here)
+    client_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert client_cpu < 1.0, client_cpu
+
+
+def test_a_warm_job_fails_as_a_cold_one_does(job):
+    job("first")
+    wait_for_server(job.tmp)
+    bad = {**job.settings, "freeze": ["nothing."]}  # a UserError: exit 2 and one line
+    results = {}
+    for tag, warm_start in (("cold", False), ("warm", True)):
+        code, out = job(tag, warm_start, settings=bad)
+        results[tag] = (code, [line for line in (out / "job.log").read_text().splitlines() if "error" in line])
+    assert results["warm"] == results["cold"] and results["cold"][0] == 2
+    assert "finetune.freeze: prefix 'nothing.' matches no parameter" in results["warm"][1][0]
+
+
+def test_killing_the_client_kills_its_job(job):
+    job("first")
+    server = wait_for_server(job.tmp)
+    long = {**job.settings, "epochs": 10_000}
+    for sig, client_dies_by in ((signal.SIGTERM, -signal.SIGTERM), (signal.SIGKILL, -signal.SIGKILL)):
+        proc, out = job(f"killed{sig}", settings=long, wait=False)
+        end = time.time() + 60
+        while not children_of(server) and time.time() < end:
+            time.sleep(0.1)
+        (child,) = children_of(server)
+        time.sleep(1.0)
+        proc.send_signal(sig)  # Snakemake stopping the job (TERM), or the job's process lost (KILL)
+        assert proc.wait(timeout=30) == client_dies_by
+        end = time.time() + 10
+        while alive(child) and time.time() < end:
+            time.sleep(0.1)
+        assert child not in children_of(server), f"the job of a {sig.name}ed client is still running"
+        assert not (out / "model.pt").exists()
+
+
+def test_changed_code_is_never_served(job):
+    job("first")
+    server = wait_for_server(job.tmp)
+    (job.tmp / "code" / "sslseg" / "train.py").touch()  # as an edit would
+    code, out = job("after-edit")
+    assert code == 0, (out / "job.log").read_text()  # ran cold, with the code on disk
+    end = time.time() + 10
+    while alive(server) and time.time() < end:
+        time.sleep(0.1)
+    assert not alive(server), "a server with stale code kept running"
+    assert "changed since it was imported" in next(job.tmp.glob("sslseg-*.sock.log")).read_text()
