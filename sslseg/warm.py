@@ -44,10 +44,11 @@ REPLY_TIMEOUT_S = 30.0  # a server that does not fork within this is given up on
 PACKAGE = Path(__file__).resolve().parent
 
 
-def socket_path() -> str:
-    """One server per user, interpreter and sslseg checkout (the package the client imported)."""
+def socket_path(folder: str | None = None) -> str:
+    """One server per user, interpreter and sslseg checkout (the package the client imported),
+    its socket in `folder` (default: the temporary folder, $TMPDIR or /tmp)."""
     key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{PACKAGE}\0{sys.version}".encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), f"sslseg-{os.getuid()}-{key}.sock")
+    return os.path.join(folder or tempfile.gettempdir(), f"sslseg-{os.getuid()}-{key}.sock")
 
 
 def wanted(environ: dict | None = None) -> bool:
@@ -234,6 +235,7 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
     sel = selectors.DefaultSelector()
     sel.register(listener, selectors.EVENT_READ)
     jobs: dict[int, socket.socket] = {}  # child pid → its client's connection
+    started: dict[int, tuple[float, str]] = {}  # child pid → (start, command), for the log
     last = time.monotonic()
     print(f"warm: serving {path} (pid {os.getpid()}, {len(files)} sslseg modules)", flush=True)
     try:
@@ -261,6 +263,7 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
                         os.close(fd)
                     conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
                     jobs[pid] = conn
+                    started[pid] = (time.monotonic(), request["argv"][0])
                     sel.register(conn, selectors.EVENT_READ, pid)
                 else:  # a client sends nothing after its request: readable means it is gone
                     pid = key.data
@@ -270,10 +273,14 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
                     except ProcessLookupError:
                         pass
             for pid in list(jobs):
-                done, status = os.waitpid(pid, os.WNOHANG)
+                done, status, usage = os.wait4(pid, os.WNOHANG)
                 if done:
                     conn = jobs.pop(pid)
                     code = os.waitstatus_to_exitcode(status)
+                    t0, command = started.pop(pid)
+                    # the job's own CPU (what its Snakemake benchmark file cannot see): sslseg.bench reads it
+                    print(f"warm: job {pid} {command} status {code} cpu_s {usage.ru_utime + usage.ru_stime:.3f} "
+                          f"wall_s {time.monotonic() - t0:.3f} maxrss_mb {usage.ru_maxrss / 1024:.0f}", flush=True)
                     try:
                         conn.sendall(json.dumps({"status": code}).encode() + b"\n")
                     except OSError:
