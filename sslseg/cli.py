@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None, warm: bool = True) -> None:
             print(f"sslseg: error: unknown command {argv[0]!r}", file=sys.stderr)
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     command = argv[0]
+    # The job's device, before anything can start CUDA (and before the warm hand-off, so the
+    # job's own process holds the slot and its child gets CUDA_VISIBLE_DEVICES): sslseg.gpus.
+    if "--help" not in argv and "-h" not in argv:
+        from sslseg import gpus
+
+        gpus.claim(command)
     if warm and "--help" not in argv and "-h" not in argv:
         from sslseg import warm as warm_start
 

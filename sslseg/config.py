@@ -288,13 +288,28 @@ def stage_settings(config: dict, stage: str, run) -> dict:
     fresh = not constant(objective, "INIT") if stage == "pretrain" else \
         not run.pretrain if stage == "intermediate" else not (run.pretrain or run.intermediate)
     s = {"stage": stage, "objective": objective, "model": model_settings(config, run.backbone, decoder, fresh),
-         "device": config["device"], **config["train"], **section, **extra}
+         "device": config["device"], **config["train"], **section, **extra,
+         "cuda_batch_multiplier": stage_multiplier(config["train"]["cuda_batch_multiplier"], stage)}
     frozen = FROZEN.get(stage, []) + (constant(objective, "FREEZE") or [])
     if frozen:
         s["freeze"] = sorted({*s.get("freeze", []), *frozen})
     if objective == "segment":
         s["seed"] = run.seed
     return s
+
+
+MULTIPLIED = ("pretrain", "intermediate")  # the stages a plain train.cuda_batch_multiplier multiplies
+
+
+def stage_multiplier(setting: int | dict, stage: str) -> int:
+    """The batch multiplier `stage` asks for on CUDA (train.cuda_batch_multiplier): a number
+    multiplies pretraining and the intermediate step only, since a fine-tune's or probe's batch
+    is part of the label-budget protocol (250 pets at 64: 4 steps an epoch) and its small set
+    leaves nothing to gain; a mapping names each stage's, 1 for a stage it leaves out.
+    (sslseg.optim.device_scaling caps it so no batch exceeds its set.)"""
+    if isinstance(setting, dict):
+        return setting.get(stage, 1)
+    return setting if stage in MULTIPLIED else 1
 
 
 def eval_settings(config: dict, backbone: str, stage: str = "finetune") -> dict:
@@ -312,10 +327,22 @@ def runtime_settings(config: dict) -> dict:
     return dict(config["runtime"])
 
 
+def compile_cache_env(config: dict, workdir: str | Path = ".") -> dict[str, str]:
+    """The environment that gives every job of a results folder one torch.compile cache:
+    TORCHINDUCTOR_CACHE_DIR (inductor's FX-graph and kernel cache) and TRITON_CACHE_DIR (the
+    compiled GPU kernels) under results/<name>/.cache/. Their defaults sit in /tmp of each node,
+    so on a cluster every job would pay a cold compile (~36 s for ViNy, BENCHMARKS.md) instead
+    of ~5 s from a warm cache; both write entries atomically, so concurrent jobs can share them.
+    Absolute (resolved against `workdir`, the workflow's working directory), so nothing that
+    changes a job's directory can split the cache. Results never depend on them."""
+    root = (Path(workdir) / "results" / config["name"] / ".cache").resolve()
+    return {"TORCHINDUCTOR_CACHE_DIR": str(root / "torchinductor"), "TRITON_CACHE_DIR": str(root / "triton")}
+
+
 def rule_resources(config: dict, rule: str) -> dict:
-    """threads, mem_mb, runtime, gpu, gpu_model and the SLURM keys (slurm_partition, constraint,
-    slurm_extra; cpus_per_gpu where set) of one rule's resources entry (the schema fills every
-    other key), as plain numbers and strings: the workflow (common.smk's `res`, which makes
+    """threads, mem_mb, runtime, gpu, gpu_share, gpu_model and the SLURM keys (slurm_partition,
+    constraint, slurm_extra; cpus_per_gpu where set) of one rule's resources entry (the schema
+    fills every other key), as plain numbers and strings: the workflow (common.smk's `res`, which makes
     mem_mb grow with the retry attempt), the planner and the benchmark all read them."""
     return config["resources"][rule]
 

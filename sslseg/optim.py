@@ -111,10 +111,30 @@ def freeze(model: nn.Module, prefixes: list[str], stage: str) -> list[nn.Module]
     return frozen
 
 
-def scale_for_device(settings: dict, device: torch.device) -> dict:
-    """On CUDA, batch x train.cuda_batch_multiplier with the LR scaled by train.lr_scaling."""
-    m = settings["cuda_batch_multiplier"] if device.type == "cuda" else 1
-    if m == 1:
+LR_FACTORS = {"linear": lambda m: m, "sqrt": lambda m: m**0.5, "none": lambda m: 1}
+
+
+def device_scaling(settings: dict, device: torch.device, images: int | None = None) -> dict:
+    """How a stage's batch and LR change on `device`: on CUDA, the batch times the stage's
+    train.cuda_batch_multiplier (sslseg.config.stage_multiplier resolves it per stage), capped so
+    the batch never exceeds the `images` the stage trains on (a multiplied batch larger than the
+    set would train on nothing, or on one short batch), and the LR times the factor of
+    train.lr_scaling at the multiplier applied. `images` None (a planner's estimate): no cap.
+
+    Returns multiplier (applied), requested (the setting), base_batch_size, batch_size,
+    lr_scaling, lr_factor, base_lr and lr: what the stage's sidecar records."""
+    requested = settings["cuda_batch_multiplier"] if device.type == "cuda" else 1
+    b = settings["batch_size"]
+    m = requested if images is None else max(1, min(requested, images // b))
+    factor = LR_FACTORS[settings["lr_scaling"]](m) if m > 1 else 1
+    return {"multiplier": m, "requested": requested, "base_batch_size": b, "batch_size": b * m,
+            "lr_scaling": settings.get("lr_scaling"), "lr_factor": factor, "base_lr": settings["lr"],
+            "lr": settings["lr"] * factor}
+
+
+def scale_for_device(settings: dict, device: torch.device, images: int | None = None) -> dict:
+    """`settings` with the batch and LR of `device_scaling`; unchanged where its multiplier is 1."""
+    s = device_scaling(settings, device, images)
+    if s["multiplier"] == 1:
         return settings
-    factor = {"linear": m, "sqrt": m**0.5, "none": 1}[settings["lr_scaling"]]
-    return {**settings, "batch_size": settings["batch_size"] * m, "lr": settings["lr"] * factor}
+    return {**settings, "batch_size": s["batch_size"], "lr": s["lr"]}

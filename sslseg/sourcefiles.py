@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Iterable
 
 PACKAGE = "sslseg"
+# How a job runs, never what it computes (like the `runtime:` settings): the warm-start hand-off
+# and the GPU slot claim of `python -m sslseg`. Not stage code, so editing them reruns nothing.
+NOT_CODE = frozenset({"sslseg.warm", "sslseg.gpus"})
 
 
 def module_files(modules: Iterable[str], root: str | Path) -> list[str]:
@@ -42,6 +45,8 @@ def module_files(modules: Iterable[str], root: str | Path) -> list[str]:
         todo.append(name)
     while todo:
         name = todo.pop()
+        if name in NOT_CODE:
+            continue
         parts = name.split(".")
         for i in range(1, len(parts) + 1):  # importing a.b.c runs a, a.b, then a.b.c
             mod = ".".join(parts[:i])

@@ -7,7 +7,7 @@ from (seed, epoch), so a run resumed from an epoch checkpoint continues exactly 
 an uninterrupted one would (bitwise on CPU). Checkpoints are written atomically
 every `checkpoint_every` epochs; a stage restarted with the same settings resumes
 from the last one, with other settings it starts over. `runtime` settings
-(log_every, checkpoint_every, memory_gb: how, not what, is computed) are left out
+(log_every, checkpoint_every, memory_gb, gpu_memory_gb: how, not what, is computed) are left out
 of that comparison.
 """
 
@@ -31,9 +31,10 @@ from sslseg.data.loader import Batches
 from sslseg.io import UserError, atomic_path, save_torch
 from sslseg.optim import freeze, lr_at, make_optimizer, total_steps
 
-__all__ = ["autocast", "fingerprint", "fit", "make_optimizer", "pick_device", "train_step", "use_compile"]
+__all__ = ["autocast", "fingerprint", "fit", "make_generator", "make_optimizer", "pick_device", "train_step",
+           "use_compile"]
 
-Transform = Callable[[dict, torch.Generator], dict]
+Transform = Callable[[dict, torch.Generator | None], dict]
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -48,13 +49,20 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def use_compile(setting: str | bool, device: torch.device, image_steps: int) -> bool:
-    """`auto`: on CUDA only. On 2 CPU cores the compiled step measured +4 % (SimMIM) and
-    -9 % (fine-tune) against eager, for ~36 s of cold compile (BENCHMARKS.md), so
-    eager is the CPU default; `true` forces it anywhere. `image_steps` is kept so the
-    planner can ask the same question the loop does."""
+COMPILE_MIN_IMAGE_STEPS = 2_000_000  # train.compile_min_image_steps' default (the schema says why)
+
+
+def use_compile(setting: str | bool, device: torch.device, image_steps: int,
+                min_image_steps: int = COMPILE_MIN_IMAGE_STEPS) -> bool:
+    """Whether a job of `image_steps` (steps x batch still to run) compiles its step.
+
+    `auto`: on CUDA only, and only for jobs of at least `min_image_steps`
+    (train.compile_min_image_steps): a cold compile costs ~36 s (BENCHMARKS.md), which a short
+    job never wins back. Off the GPU, never: on 2 CPU cores the compiled step measured +4 %
+    (SimMIM) and -9 % (fine-tune) against eager. `true` forces it anywhere. The planner and
+    the benchmark ask the same question the loop does."""
     if setting == "auto":
-        return device.type == "cuda" and image_steps > 0
+        return device.type == "cuda" and image_steps >= min_image_steps
     return bool(setting)
 
 
@@ -63,6 +71,16 @@ def autocast(setting: str, device: torch.device):
     if setting == "bf16" or (setting == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def make_generator(device: torch.device, seed: int) -> torch.Generator | None:
+    """A generator on `device` seeded `seed`, so the step draws its randomness where its batch is
+    (no host draw and copy). On the CPU it is the generator the loop has always used: the same
+    draws, bitwise. None where the device type has no generators (`meta`): draws then use the
+    global RNG."""
+    if device.type == "meta":  # checked, not caught: a CUDA failure must still raise
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 def fingerprint(settings: dict) -> str:
@@ -82,7 +100,10 @@ def _write_log(path: Path, rows: list[dict]) -> None:
 def train_step(step_fn: Callable, opt: torch.optim.Optimizer, batch: dict, gen: torch.Generator | None,
                amp: str, device: torch.device) -> torch.Tensor:
     """One update on an augmented batch; returns the detached loss (no host sync).
-    Shared by `fit` and sslseg.bench, so the benchmark times exactly this step."""
+    Shared by `fit` and sslseg.bench, so the benchmark times exactly this step. `gen`: on the
+    batch's device (`make_generator`), or None for the global RNG; a CPU generator with a CUDA
+    batch is an error, not a silent host draw. tests/test_host_syncs.py checks, on the meta
+    device, that it and the transform keep every tensor on the batch's device."""
     with autocast(amp, device):
         loss, _ = step_fn(batch, gen)
     opt.zero_grad(set_to_none=True)
@@ -99,13 +120,21 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     optimizer, momentum, weight_decay, schedule, milestones, gamma, warmup, freeze, seed,
     compile, amp. runtime: log_every, checkpoint_every (and any other key that cannot
     change a result; none of them is part of the resume fingerprint). Returns
-    {"history": [one row per epoch], "images_per_s", "device", "compiled", "steps"}; a history
+    {"history": [one row per epoch], "images_per_s", "device", "compiled", "steps", "startup_cpu_s"
+    (the process's CPU seconds before its first step: imports, model, data; for a warm-start
+    job, sslseg.warm, its child's since the fork)}; a history
     row (and a line of the log CSV) holds epoch, mean loss, the lr of the epoch's last step,
     images_per_s and seconds. `validate` (objective → {column: value}, e.g. sslseg.validate's
     val_loss, val_miou, val_pixel_acc): called after every epoch, its columns and val_seconds
     join that epoch's row. It cannot change the training: every epoch reseeds the global RNG and
     the batch generator, and it runs with the CPU RNG state forked, so the losses are those of a
     run without it (a test checks), and a resume continues either.
+
+    On CUDA the only host sync of the loop is the loss read every `log_every` steps (and once
+    per epoch): batches are gathered on the device, and augmentation, masks, noise and MixUp
+    are drawn there from the epoch's device generator (`make_generator`) or its global RNG.
+    tests/test_host_syncs.py checks this on the CPU; torch.cuda.set_sync_debug_mode("error")
+    verifies it on a GPU.
     """
     device = batches.device
     objective.to(device)
@@ -129,15 +158,16 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
             print(f"[{name}] ignoring {resume_path}: written with other settings", flush=True)
 
     step_fn = objective
-    if use_compile(settings["compile"], device, (budget - start * per_epoch) * batches.batch_size):
+    if use_compile(settings["compile"], device, (budget - start * per_epoch) * batches.batch_size,
+                   settings.get("compile_min_image_steps", COMPILE_MIN_IMAGE_STEPS)):
         step_fn = torch.compile(objective)
     log_every = runtime["log_every"]
-    seen_total, time_total = 0, 0.0
+    seen_total, time_total, startup_cpu = 0, 0.0, None
     for epoch in range(start, epochs):
         first, steps = epoch * per_epoch, min(per_epoch, budget - epoch * per_epoch)
         epoch_seed = settings["seed"] * 100_003 + epoch
         torch.manual_seed(epoch_seed)  # dropout, MixUp: reproducible per epoch, so resumes match
-        gen = torch.Generator().manual_seed(epoch_seed)
+        gen = make_generator(device, epoch_seed)  # augmentation, masks, noise: drawn on the device
         objective.train()
         for module in frozen:  # BatchNorm statistics and dropout leave frozen parts as they were
             module.eval()
@@ -146,6 +176,8 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
             bar = tqdm(islice(raws, steps), total=steps, desc=f"{name} {epoch + 1}/{epochs}",
                        mininterval=5, disable=not runtime["progress"])
             for i, raw in enumerate(bar):
+                if startup_cpu is None:  # the job's fixed cost: the process's CPU until its first step
+                    startup_cpu = time.process_time()
                 lr = lr_at(first + i, per_epoch, settings)
                 for group in opt.param_groups:
                     group["lr"] = lr
@@ -179,4 +211,5 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     if not history:
         _write_log(log_path, history)
     return {"history": history, "images_per_s": seen_total / time_total if time_total else None,
-            "device": str(device), "compiled": step_fn is not objective, "steps": budget}
+            "device": str(device), "compiled": step_fn is not objective, "steps": budget,
+            "startup_cpu_s": None if startup_cpu is None else round(startup_cpu, 3)}

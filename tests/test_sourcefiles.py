@@ -253,3 +253,11 @@ def test_importing_needs_only_the_standard_library(module):
     assert [m for m in got["new"] if m not in sys.stdlib_module_names and m != "sslseg"] == []
     if module == "sslseg.sourcefiles":
         assert "sslseg/data/pack.py" in got["files"]
+
+
+def test_how_a_job_runs_is_not_code_of_its_stage():
+    """The warm-start hand-off and the GPU claim sit in `python -m sslseg` itself (cli imports them)
+    but cannot change a result: editing them must rerun no stage, as a runtime setting does not."""
+    files = module_files(["sslseg.stages.train", "sslseg.__main__"], ROOT)
+    assert "sslseg/cli.py" in files and "sslseg/train.py" in files
+    assert "sslseg/warm.py" not in files and "sslseg/gpus.py" not in files

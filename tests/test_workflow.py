@@ -114,6 +114,7 @@ def test_finetune_change_reruns_finetunes_evaluations_and_report_rules_only(tiny
 
 @pytest.mark.parametrize("section,key,value", [
     ("runtime", "log_every", 7), ("runtime", "checkpoint_every", 3), ("runtime", "memory_gb", 0.001),
+    ("runtime", "gpu_memory_gb", 0.001),
     ("runtime", "progress", False), ("resources", "finetune", {"threads": 2, "mem_mb": 1234, "runtime": 99}),
     ("resources", "pretrain", {"gpu": 0}), ("resources", "evaluate", {"threads": 2}),
     ("resources", "pack", {"mem_mb": 2000}), ("resources", "default", {"runtime": 5}),

@@ -7,6 +7,7 @@ the same grid (nearest) moves the trimaps, so labels stay aligned.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Sequence
 
@@ -17,15 +18,24 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+@functools.lru_cache(maxsize=None)
+def imagenet_stats(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as (1, 3, 1, 1) tensors, built once per (device, dtype): a step
+    then copies no constants from the host. Never inference tensors, whatever mode the first
+    call runs in, so a cached pair also serves autograd."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(IMAGENET_MEAN, device=device, dtype=dtype).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=device, dtype=dtype).view(1, 3, 1, 1)
+    return mean, std
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = imagenet_stats(x.device, x.dtype)
     return (x - mean) / std
 
 
 def denormalize(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = imagenet_stats(x.device, x.dtype)
     return (x * std + mean).clamp(0, 1)
 
 
@@ -38,7 +48,8 @@ TRIES = 10  # torchvision's RandomResizedCrop.get_params draws up to 10 crops be
 
 
 def crop_params(b: int, scale: Sequence[float], ratio: Sequence[float], flip: float,
-                gen: torch.Generator, aspect: torch.Tensor | None = None) -> torch.Tensor:
+                gen: torch.Generator | None, aspect: torch.Tensor | None = None,
+                device: torch.device | None = None) -> torch.Tensor:
     """Per-sample affine matrices (B, 2, 3) in normalised coordinates.
 
     As torchvision's RandomResizedCrop on the original image: area fraction ~ U(scale) and
@@ -46,11 +57,14 @@ def crop_params(b: int, scale: Sequence[float], ratio: Sequence[float], flip: fl
     fallback, a centre crop of the whole image with its aspect ratio clamped into `ratio`.
     `aspect` (B,): each original's width / height when it was squashed into a square pack
     (None: the packed image is the original). The position is uniform where the crop fits.
+    Drawn and built on `device` (default: aspect's, else gen's, else the CPU), which must be
+    gen's: no host draw, no copy.
     """
-    dev = torch.device("cpu") if aspect is None else aspect.device  # no device→host copy of `aspect`
-    u = torch.rand(b, TRIES, 2, generator=gen).to(dev)
-    v = torch.rand(b, 3, generator=gen).to(dev)
-    a = torch.ones(b, device=dev) if aspect is None else aspect.float()
+    if device is None:
+        device = aspect.device if aspect is not None else gen.device if gen is not None else torch.device("cpu")
+    u = torch.rand(b, TRIES, 2, generator=gen, device=device)
+    v = torch.rand(b, 3, generator=gen, device=device)
+    a = torch.ones(b, device=device) if aspect is None else aspect.to(device, torch.float32)
     area = scale[0] + (scale[1] - scale[0]) * u[..., 0]
     r = (math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[..., 1]).exp()
     # a crop of w_px = sqrt(area·W·H·r) of an original W×H is a fraction sqrt(area·r·H/W) of its width
@@ -65,17 +79,17 @@ def crop_params(b: int, scale: Sequence[float], ratio: Sequence[float], flip: fl
     cx = torch.where(ok, (1 - w) * (2 * v[:, 0] - 1), torch.zeros_like(w))
     cy = torch.where(ok, (1 - h) * (2 * v[:, 1] - 1), torch.zeros_like(h))
     sign = torch.where(v[:, 2] < flip, -1.0, 1.0)
-    theta = torch.zeros(b, 2, 3, device=dev)
+    theta = torch.zeros(b, 2, 3, device=device)
     theta[:, 0, 0], theta[:, 0, 2] = w * sign, cx
     theta[:, 1, 1], theta[:, 1, 2] = h, cy
     return theta
 
 
-def colour_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s), per sample."""
+def colour_jitter(x: torch.Tensor, strength: float, gen: torch.Generator | None) -> torch.Tensor:
+    """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s), per sample, drawn on x's device."""
     if strength <= 0:
         return x
-    f = (1 + strength * (2 * torch.rand(x.shape[0], 3, generator=gen) - 1)).to(x.device, x.dtype)
+    f = (1 + strength * (2 * torch.rand(x.shape[0], 3, generator=gen, device=x.device) - 1)).to(x.dtype)
     x = x * f[:, 0].view(-1, 1, 1, 1)
     gray = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
     x = (x - gray.mean((2, 3), keepdim=True)) * f[:, 1].view(-1, 1, 1, 1) + gray.mean((2, 3), keepdim=True)
@@ -84,12 +98,13 @@ def colour_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> tor
     return x.clamp_(0, 1)
 
 
-def augment(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator,
+def augment(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: torch.Generator | None,
             scale: Sequence[float] = (1.0, 1.0), ratio: Sequence[float] = (1.0, 1.0),
             flip: float = 0.0, jitter: float = 0.0,
             aspect: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """uint8 images (B, H, W, 3) [+ masks (B, H, W)] → normalised (B, 3, S, S) [+ long (B, S, S)].
-    `aspect`: the originals' width / height for squashed packs (see `crop_params`)."""
+    `aspect`: the originals' width / height for squashed packs (see `crop_params`). `gen`: on the
+    images' device (sslseg.train.make_generator), or None for the global RNG."""
     x = to_float(images)
     b = x.shape[0]
     no_crop = tuple(scale) == (1.0, 1.0) and tuple(ratio) == (1.0, 1.0)
@@ -97,7 +112,7 @@ def augment(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: to
         aspect = None  # the whole packed image, as it was packed: the original's shape is not restored
     identity = no_crop and flip <= 0 and x.shape[-1] == size
     if not identity:
-        theta = crop_params(b, scale, ratio, flip, gen, aspect).to(x.device)
+        theta = crop_params(b, scale, ratio, flip, gen, aspect, x.device)
         grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         if masks is not None:
@@ -107,9 +122,10 @@ def augment(images: torch.Tensor, masks: torch.Tensor | None, size: int, gen: to
     return normalize(x), None if masks is None else masks.long()
 
 
-def make_transform(aug: dict, size: int, label_key: str | None) -> Callable[[dict, torch.Generator], dict]:
-    """The stage's batched on-device augmentation: uint8 batch → normalised images (+ moved masks)."""
-    def apply(raw: dict, gen: torch.Generator) -> dict:
+def make_transform(aug: dict, size: int, label_key: str | None) -> Callable[[dict, torch.Generator | None], dict]:
+    """The stage's batched on-device augmentation: uint8 batch → normalised images (+ moved masks).
+    Its random draws come from `gen` on the batch's device."""
+    def apply(raw: dict, gen: torch.Generator | None) -> dict:
         masks = raw["masks"] if label_key == "masks" else None
         images, masks = augment(raw["images"], masks, size, gen, aug["scale"], aug["ratio"], aug["flip"], aug["jitter"],
                                 raw.get("aspect"))

@@ -1,23 +1,28 @@
 """Batches from a pack: contiguous reads, uint8 transfer, augmentation on the device.
 
 The rows a stage trains on are read once into memory (a few hundred MB even
-for tens of thousands of 128-px images). When they exceed `memory_gb`, the pack
-is streamed instead, one contiguous HDF5 slice per block (so a stream holds one
-block, up to MIN_BLOCK_ROWS rows, in memory). Either way an epoch
+for tens of thousands of 128-px images): on CUDA straight onto the GPU, chunk by
+chunk (`load_rows`), when they fit `gpu_memory_gb`; elsewhere into host memory when
+they fit `memory_gb`. Larger contiguous sets are streamed instead, one contiguous HDF5
+slice per block, the next block read by a background thread while the current one is
+consumed (`prefetch`; so a stream holds up to three blocks of up to MIN_BLOCK_ROWS
+rows: the one consumed, the next as read and as permuted). Either way an epoch
 visits the rows in the order `Batches.order` gives, a function of (rows,
-batch_size, seed) only, so `memory_gb` never changes a result.
+batch_size, seed) only, so neither budget ever changes a result.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+from contextlib import closing
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, TypeVar
 
 import h5py
 import numpy as np
 import torch
 
-from sslseg.data.pack import read_pack
 from sslseg.io import UserError
 
 BLOCK_BATCHES = 32  # a block is batch_size * 32 contiguous rows, and at least MIN_BLOCK_ROWS
@@ -26,6 +31,89 @@ BLOCK_BATCHES = 32  # a block is batch_size * 32 contiguous rows, and at least M
 # is by class). Only larger pretraining subsets, written in a random order, visit blocks.
 MIN_BLOCK_ROWS = 65_536
 BLOCK_SEED_OFFSET = 1_000_003  # the block order's generator, apart from the within-block one
+CHUNK_BYTES = 256 * 2**20  # rows per HDF5 read when loading a set: the host holds one chunk, never the set
+T = TypeVar("T")
+
+
+def load_rows(pack: str | Path, rows: slice | np.ndarray, keys: Sequence[str], device: torch.device,
+              chunk_rows: int | None = None) -> dict[str, torch.Tensor]:
+    """`keys` of `rows` (a slice, or sorted indices) of `pack`, each in one tensor allocated on
+    `device` and filled `chunk_rows` rows at a time (default: CHUNK_BYTES of rows), so a set
+    bound for the GPU never exists whole in host memory. Equal to reading it in one go."""
+    try:
+        with h5py.File(pack, "r") as f:
+            keys = [k for k in keys if k in f]
+            n_all = f[keys[0]].shape[0] if keys else 0
+            index = np.arange(n_all)[rows] if isinstance(rows, slice) else np.asarray(rows)
+            row_bytes = sum(int(np.prod(f[k].shape[1:])) * f[k].dtype.itemsize for k in keys) or 1
+            step = chunk_rows or max(1, CHUNK_BYTES // row_bytes)
+            out = {}
+            for k in keys:
+                dtype = torch.from_numpy(np.empty(0, f[k].dtype)).dtype
+                out[k] = torch.empty((len(index), *f[k].shape[1:]), dtype=dtype, device=device)
+                for a in range(0, len(index), step):
+                    part = index[a:a + step]
+                    contiguous = part[-1] - part[0] + 1 == len(part)  # one hyperslab, not a point list
+                    sel = slice(int(part[0]), int(part[-1]) + 1) if contiguous else part
+                    out[k][a:a + len(part)].copy_(torch.from_numpy(f[k][sel]))
+            return out
+    except FileNotFoundError:
+        raise UserError(f"{pack}: pack not found; run the pack stage first") from None
+    except (OSError, KeyError) as e:
+        raise UserError(f"{pack}: corrupt or truncated HDF5 ({e}); delete it and rerun the pack stage") from None
+
+
+_END = object()
+
+
+def prefetch(source: Iterable[T], depth: int = 1) -> Iterator[T]:
+    """`source`'s items, produced by a background thread up to `depth` items ahead of the
+    consumer (for a stream: the next HDF5 block is read and permuted while the current one
+    trains: h5py releases the GIL in H5Dread (h5py/h5py#1453), torch in the gather).
+
+    The thread starts at the first item and closes `source` itself (an HDF5 file is closed by
+    the thread that opened it). Closing this generator early (`closing()`, a budget that ends
+    mid-epoch) stops the thread after the item it is producing and joins it; an exception in
+    the thread is raised here."""
+    items = iter(source)
+    ready: queue.Queue = queue.Queue()
+    room = threading.Semaphore(depth)  # items read ahead and not yet taken; bounds the memory held
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            while True:
+                room.acquire()
+                if stop.is_set():
+                    return
+                try:
+                    item = next(items)
+                except StopIteration:
+                    ready.put((_END, None))
+                    return
+                ready.put((item, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer and raised there
+            ready.put((_END, e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="sslseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            room.release()
+            yield item
+    finally:
+        stop.set()
+        room.release()  # wakes a producer waiting for room, which then sees `stop`
+        thread.join()
 
 
 def block_order(n: int, block: int, seed: int | None) -> list[tuple[int, torch.Tensor]]:
@@ -55,9 +143,11 @@ class Batches:
 
     def __init__(self, pack: str | Path, rows: np.ndarray | None, batch_size: int, device: torch.device,
                  keys: Sequence[str] = ("images", "masks"), memory_gb: float = 8.0, drop_last: bool = True,
-                 masks: str | Path | None = None):
+                 masks: str | Path | None = None, gpu_memory_gb: float | None = None):
         """`masks`: a pack whose "masks" (same rows as `pack`) replace `pack`'s, e.g. generated
-        imperfect labels; such a set is always held in memory (a fine-tune subset)."""
+        imperfect labels; such a set is always held in memory (a fine-tune subset).
+        `memory_gb` (host) and `gpu_memory_gb` (CUDA; None: memory_gb) decide where the rows
+        are held, never what a batch holds."""
         self.pack, self.batch_size, self.device, self.drop_last = Path(pack), batch_size, device, drop_last
         with h5py.File(self.pack, "r") as f:
             self.keys = [k for k in keys if k in f]
@@ -66,22 +156,25 @@ class Batches:
         self.rows = np.arange(n_all) if rows is None else np.sort(np.asarray(rows))
         self.n = len(self.rows)
         self.contiguous = self.n == 0 or (self.rows[-1] - self.rows[0] + 1 == self.n)
-        self.streamed = self.contiguous and self.n * row_bytes > memory_gb * 2**30 and masks is None
+        size = self.n * row_bytes
+        gpu_gb = memory_gb if gpu_memory_gb is None else gpu_memory_gb
+        # On CUDA the rows that fit gpu_memory_gb stay on the GPU as uint8 and batches are gathered
+        # there, so no per-step host gather or host-to-device copy is left in the loop.
+        on_gpu = device.type == "cuda" and size <= gpu_gb * 2**30
+        budget = gpu_gb if device.type == "cuda" else memory_gb
+        self.streamed = self.contiguous and size > budget * 2**30 and masks is None
         self.arrays: dict[str, torch.Tensor] = {}
         if not self.streamed and self.n:
             sel = slice(int(self.rows[0]), int(self.rows[-1]) + 1) if self.contiguous else self.rows
-            self.arrays = {k: torch.from_numpy(v) for k, v in read_pack(self.pack, sel, self.keys).items()}
+            held = device if on_gpu else torch.device("cpu")  # (a subset too large for the GPU: host)
+            self.arrays = load_rows(self.pack, sel, self.keys, held)
             if masks is not None and "masks" in self.arrays:
                 with h5py.File(masks, "r") as f:
                     shape = f["masks"].shape if "masks" in f else None
                 if shape != (n_all, *self.arrays["masks"].shape[1:]):
                     raise UserError(f"{masks}: labels of shape {shape} do not match the {n_all} pets of {pack} at "
                                     f"{self.arrays['masks'].shape[-1]} px; delete it and rerun the weak_labels stage")
-                self.arrays["masks"] = torch.from_numpy(read_pack(masks, sel, ("masks",))["masks"])
-            if device.type == "cuda":
-                # The uint8 rows fit the budget: keep them on the GPU and gather batches there,
-                # so no per-step host gather or host-to-device copy is left in the loop.
-                self.arrays = {k: v.to(device) for k, v in self.arrays.items()}
+                self.arrays["masks"] = load_rows(masks, sel, ("masks",), held)["masks"]
 
     def __len__(self) -> int:
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -108,23 +201,47 @@ class Batches:
         if self.streamed:
             yield from self._stream(seed)
             return
-        order = self.order(seed)
+        # the whole order goes where the rows are (the device on CUDA) once per epoch, so no
+        # step copies indices from the host; each step slices it there
+        rows_at = next(iter(self.arrays.values())).device if self.arrays else self.device
+        order = self.order(seed).to(rows_at)
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self._to_device({k: v[idx] for k, v in self.arrays.items()})
 
-    def _stream(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        """The same batches as `epoch` in memory: each block is one HDF5 slice, permuted,
-        and batches are cut across block boundaries (rows left over carry into the next)."""
-        carry: dict[str, torch.Tensor] = {}
+    def _read_blocks(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
+        """Each block of the epoch's order as one HDF5 slice, permuted; in pinned memory on CUDA,
+        so the per-batch copies to the GPU are asynchronous."""
+        pin = self.device.type == "cuda"
         with h5py.File(self.pack, "r") as f:
             for s, perm in self.blocks(seed):
                 lo = int(self.rows[0]) + s
-                data = {k: torch.from_numpy(f[k][lo:lo + len(perm)])[perm] for k in self.keys}
-                data = {k: torch.cat([carry[k], v]) if carry else v for k, v in data.items()}
-                m = len(data[self.keys[0]]) // self.batch_size * self.batch_size
-                for i in range(0, m, self.batch_size):
-                    yield self._to_device({k: v[i:i + self.batch_size] for k, v in data.items()})
-                carry = {k: v[m:] for k, v in data.items()}
-        if carry and len(carry[self.keys[0]]) and not self.drop_last:
+                block = {}
+                for k in self.keys:
+                    raw = torch.from_numpy(f[k][lo:lo + len(perm)])
+                    block[k] = torch.empty(raw.shape, dtype=raw.dtype, pin_memory=pin)
+                    torch.index_select(raw, 0, perm, out=block[k])
+                yield block
+
+    def _stream(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
+        """The same batches as `epoch` in memory: the blocks of `_read_blocks`, read one ahead
+        by `prefetch`, and batches cut across block boundaries (rows left over carry into the
+        next). Closing it (a budget that ends mid-epoch) stops the reader thread."""
+        b, first = self.batch_size, self.keys[0]
+        carry: dict[str, torch.Tensor] = {}
+        with closing(prefetch(self._read_blocks(seed))) as blocks:
+            for block in blocks:
+                n, i = len(block[first]), 0
+                if carry:  # the batch straddling two blocks: the rows left over, then this block's first
+                    need = b - len(carry[first])
+                    if n < need:  # the set's short tail block, visited anywhere, may hold fewer rows
+                        carry = {k: torch.cat([carry[k], v]) for k, v in block.items()}
+                        continue
+                    yield self._to_device({k: torch.cat([carry[k], v[:need]]) for k, v in block.items()})
+                    i = need
+                while i + b <= n:
+                    yield self._to_device({k: v[i:i + b] for k, v in block.items()})
+                    i += b
+                carry = {k: v[i:].clone() for k, v in block.items()} if i < n else {}  # (frees the block)
+        if carry and not self.drop_last:
             yield self._to_device(carry)

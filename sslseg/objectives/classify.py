@@ -19,13 +19,16 @@ def build(settings: dict) -> Classify:
 def mixup(images: torch.Tensor, labels: torch.Tensor, classes: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     """MixUp (Zhang et al. 2018): one λ ~ Beta(α, α) per batch, mixed with the batch reversed.
 
-    Returns mixed images and soft targets (B, classes) whose rows sum to 1. Draws
-    from the global RNG, which the training loop seeds per epoch.
+    Returns mixed images and soft targets (B, classes) whose rows sum to 1. λ is drawn on the
+    images' device from its global RNG, which the training loop seeds per epoch, and stays a
+    0-d tensor there: no host draw, copy or read.
     """
     target = F.one_hot(labels.long(), classes).to(images.dtype)
     if alpha <= 0:
         return images, target
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    # α filled on the device (no host data to copy), float32 as Beta(α, α) makes it on the CPU
+    a = torch.full((), alpha, dtype=torch.float32, device=images.device)
+    lam = torch.distributions.Beta(a, a, validate_args=False).sample()  # validation would read the device
     return lam * images + (1 - lam) * images.flip(0), lam * target + (1 - lam) * target.flip(0)
 
 

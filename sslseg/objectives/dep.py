@@ -34,16 +34,9 @@ def build(settings: dict) -> DeP:
 
 
 def draw_noise(shape: torch.Size, device: torch.device, gen: torch.Generator | None) -> torch.Tensor:
-    """ε ~ N(0, I) of `shape` on `device`. With `gen` (the loop's CPU generator) the draw is
-    reproducible: on the CPU from `gen` itself; elsewhere from a device generator seeded by one
-    draw of `gen`, since drawing a 224² batch on the CPU and copying it would stall the step.
-    Without `gen`, from the device's global RNG."""
-    if gen is None:
-        return torch.randn(shape, device=device)
-    if device.type == "cpu":
-        return torch.randn(shape, generator=gen)
-    seed = int(torch.randint(2**62, (1,), generator=gen))
-    return torch.randn(shape, device=device, generator=torch.Generator(device).manual_seed(seed))
+    """ε ~ N(0, I) of `shape`, drawn on `device` from `gen` (the loop's generator there:
+    sslseg.train.make_generator), or from the device's global RNG without one."""
+    return torch.randn(shape, device=device, generator=gen)
 
 
 class DeP(nn.Module):
@@ -62,12 +55,12 @@ class DeP(nn.Module):
         self.gamma_range = tuple(float(g) for g in gamma_range)
 
     def noise_levels(self, b: int, device: torch.device, gen: torch.Generator | None = None) -> torch.Tensor:
-        """γ per image (B,): the fixed 1/(1+σ²), or U(a, b) drawn (on the CPU from `gen`) when a range is set."""
+        """γ per image (B,): the fixed 1/(1+σ²), or U(a, b) drawn on `device` (from `gen`, else
+        the global RNG) when a range is set."""
         if not self.gamma_range:
             return torch.full((b,), self.gamma, device=device)
         lo, hi = self.gamma_range
-        u = torch.rand(b, generator=gen) if gen is not None else torch.rand(b)
-        return (lo + (hi - lo) * u).to(device)
+        return lo + (hi - lo) * torch.rand(b, generator=gen, device=device)
 
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """batch["images"]: normalised (B, 3, H, W). Returns MSE(pred, ε) (eq. 6) and

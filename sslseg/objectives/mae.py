@@ -66,10 +66,10 @@ def random_masking(b: int, n: int, ratio: float, device: torch.device,
                    gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """MAE's per-sample random masking: keep the round((1 - ratio)·N) patches with the smallest
     noise. Returns mask (B, N) bool (True = removed) and ids_restore (B, N): the position of each
-    patch in the shuffled order (visible first). Noise is drawn on the CPU with `gen`, so a run
-    is reproducible on any device."""
+    patch in the shuffled order (visible first). Noise is drawn on `device`, from `gen` (a
+    generator there: sslseg.train.make_generator) or its global RNG: no host copy."""
     keep = int(round((1 - ratio) * n))
-    noise = torch.rand(b, n, generator=gen).to(device)
+    noise = torch.rand(b, n, generator=gen, device=device)
     ids_restore = noise.argsort(dim=1).argsort(dim=1)
     return ids_restore >= keep, ids_restore
 

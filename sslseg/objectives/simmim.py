@@ -21,9 +21,10 @@ def build(settings: dict) -> SimMIM:
 
 
 def random_mask(b: int, n: int, ratio: float, device: torch.device, gen: torch.Generator | None = None) -> torch.Tensor:
-    """(B, N) bool, exactly round(ratio * N) patches masked in every sample."""
+    """(B, N) bool, exactly round(ratio * N) patches masked in every sample. Drawn on `device`,
+    from `gen` (a generator there: sslseg.train.make_generator) or its global RNG: no host copy."""
     k = int(round(ratio * n))
-    noise = torch.rand(b, n, generator=gen).to(device)
+    noise = torch.rand(b, n, generator=gen, device=device)
     ranks = noise.argsort(dim=1).argsort(dim=1)
     return ranks < k
 

@@ -17,7 +17,7 @@ from sslseg.io import Output, UserError, write_sidecar
 from sslseg.models.checkpoint import is_checkpoint, load_init, save_checkpoint
 from sslseg.models.weights import load_weights
 from sslseg.objectives import build_objective
-from sslseg.optim import scale_for_device
+from sslseg.optim import device_scaling, scale_for_device
 from sslseg.runtime import job_runtime
 from sslseg.train import fit, pick_device
 from sslseg.validate import segmentation_validator
@@ -28,10 +28,12 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
            val_rows: np.ndarray | None = None) -> dict:
     """`val_rows`: rows of `pack_file` to score the segmenter on after every epoch (sslseg.validate)."""
     device = pick_device(settings["device"])
-    settings = scale_for_device(settings, device)
+    images = pack_length(pack_file) if rows is None else len(rows)
+    scaling = device_scaling(settings, device, images)  # (the batch never exceeds the stage's images)
+    settings = scale_for_device(settings, device, images)
     keys = ("images", "aspect") + ((label_key,) if label_key else ())  # "aspect": packs of whole images only
     batches = Batches(pack_file, rows, settings["batch_size"], device, keys, runtime["memory_gb"],
-                      drop_last=settings["drop_last"], masks=labels)
+                      drop_last=settings["drop_last"], masks=labels, gpu_memory_gb=runtime.get("gpu_memory_gb"))
     b = batches.batch_size
     if settings["stage"] == "finetune" and getattr(getattr(objective, "backbone", None), "batch_norm", False) \
             and not settings["drop_last"] and batches.n % b == 1:  # (sslseg.config checks the counts it knows)
@@ -48,7 +50,8 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
     resize = pack_attrs(pack_file).get("resize")
     save_checkpoint(out, objective, {"stage": settings["stage"], "settings": settings, "input_resize": resize})
     resume.unlink(missing_ok=True)
-    stats.update(images=batches.n, batch_size=settings["batch_size"], lr=settings["lr"])
+    # the sidecar's record of what the device changed: effective batch, multiplier, LR factor and rule
+    stats.update(images=batches.n, batch_size=settings["batch_size"], lr=settings["lr"], device_scaling=scaling)
     if val_rows is not None:
         stats.update(val_images=len(val_rows))
     return stats
@@ -82,7 +85,7 @@ def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: s
                runtime: dict | None, init: str | None, threads: int, labels: str | None = None,
                val_rows: np.ndarray | None = None) -> None:
     """Build the stage's objective, load `init`'s backbone, train, write the checkpoint and sidecar.
-    `runtime`: log_every, checkpoint_every, memory_gb, progress (None: see sslseg.runtime)."""
+    `runtime`: log_every, checkpoint_every, memory_gb, gpu_memory_gb, progress (None: see sslseg.runtime)."""
     t0 = time.time()
     runtime = job_runtime(runtime)
     torch.set_num_threads(threads)

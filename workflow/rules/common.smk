@@ -1,7 +1,7 @@
 # The one place for Python in the workflow: config validation, the grid's paths, input functions.
 # It imports only the standard library, sslseg's modules that need nothing else (grid, cli,
-# sourcefiles, failures) and sslseg.config (yaml and jsonschema, which Snakemake itself depends
-# on), so Snakemake's own environment needs neither numpy nor torch to read it (a test checks).
+# sourcefiles, failures, gpus) and sslseg.config (yaml and jsonschema, which Snakemake itself
+# depends on), so Snakemake's own environment needs neither numpy nor torch to read it (a test checks).
 import dataclasses
 import importlib.util
 import json
@@ -14,10 +14,11 @@ sys.path.insert(0, workflow.basedir)  # the sslseg package beside the Snakefile
 
 from snakemake.settings.types import DeploymentMethod
 
-from sslseg import failures, grid
+from sslseg import failures, gpus, grid
 from sslseg.cli import COMMANDS
 from sslseg.config import (
     STAGE_OBJECTIVES,
+    compile_cache_env,
     eval_settings,
     rule_resources,
     runtime_settings,
@@ -58,18 +59,20 @@ wildcard_constraints:
 # venv, activated or not), that interpreter; otherwise (Snakemake in an environment of its own)
 # the `python` of the active environment, or with --software-deployment-method conda, that of
 # envs/sslseg.yaml. It also hands the jobs the settings that cannot change a result (`runtime:`)
-# outside their params (sslseg/runtime.py), so changing them reruns nothing.
+# outside their params (sslseg/runtime.py), so changing them reruns nothing, and the compile cache.
 _own = (
     DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method
     and bool(importlib.util.find_spec("torch"))
 )
 _path = f" PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH" if _own else ""
 _runtime = shlex.quote(json.dumps(runtime_settings(config), sort_keys=True))
+# one torch.compile cache per results folder, shared by its jobs (on a cluster, /tmp is per node)
+_cache = "".join(f" {k}={shlex.quote(v)}" for k, v in compile_cache_env(config).items())
 shell.prefix(
     (
         f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}"
         "${PYTHONPATH:+:$PYTHONPATH}"
-        f" SSLSEG_RUNTIME={_runtime}{_path}; "
+        f" SSLSEG_RUNTIME={_runtime}{_cache}{_path}; "
     )
     .replace("{", "{{")
     .replace("}", "}}")  # the prefix is formatted like a shell command
@@ -102,7 +105,8 @@ def res(stage):
     """Resources from the config section `resources` (one place for local runs and sbatch).
     mem_mb grows with the attempt, so a job killed for memory is retried with more (the
     profile's `retries`). The SLURM plugin's keys are passed only where set: an empty
-    constraint would still become `-C ''`."""
+    constraint would still become `-C ''`. A GPU rule also asks for gpu_slots, its part of a
+    device (12 / gpu_share of 12 slots, sslseg.gpus), which local runs count (below)."""
     r = rule_resources(config, stage)
     base = r["mem_mb"]
     out = {
@@ -110,11 +114,50 @@ def res(stage):
         "runtime": r["runtime"],
         "gpu": r["gpu"],
     }
+    if r["gpu"]:  # its part of a device, for local runs (below); SLURM ignores it
+        out["gpu_slots"] = gpus.slots(r["gpu_share"])
     gpu_only = ("gpu_model", "cpus_per_gpu") if r["gpu"] else ()
     for key in ("slurm_partition", "constraint", "slurm_extra", *gpu_only):
         if r.get(key):
             out[key] = r[key]
     return out
+
+
+# Local runs: `--resources gpu=N` means N devices, each shared by up to resources.<rule>.gpu_share
+# jobs of a rule. Snakemake counts whole units only, so each GPU job also asks for gpu_slots, its
+# part (gpus.SLOTS / gpu_share) of a device's gpus.SLOTS, and the N devices become N x SLOTS
+# gpu_slots; `gpu` is raised to match, since every GPU job still asks for gpu=1 (SLURM's
+# --gpus=1). Not for remote executors (they need --jobs, which sets _nodes; there a job gets a
+# whole GPU), nor when gpu_slots is given too (then both limits apply as given).
+_limits = workflow.global_resources
+if (
+    not workflow.remote_exec
+    and _limits["_nodes"].value is None
+    and "gpu" in _limits
+    and "gpu_slots" not in _limits
+    and isinstance(_limits["gpu"].value, int)
+):
+    _n = _limits["gpu"].value
+    _limits["gpu_slots"] = _limits["gpu"] = _n * gpus.SLOTS
+    print(
+        f"sslseg: --resources gpu={_n}: {_n} GPU(s) of {gpus.SLOTS} slots each (gpu_slots={_n * gpus.SLOTS});"
+        f" a GPU job takes {gpus.SLOTS} / its rule's resources.<rule>.gpu_share",
+        file=sys.stderr,
+    )
+
+
+# What each local GPU job takes (sslseg.gpus reads it in the job, by command = rule name, and
+# picks the job's device): set once every rule exists, in Snakemake's environment, which local
+# jobs inherit. Not for remote executors, CPU-only runs, or a pinned device (device: cuda:N).
+onstart:
+    if workflow.local_exec and config["device"] in ("auto", "cuda"):
+        _slots = {
+            r.name: getattr(r.resources.get("gpu_slots"), "value", None)
+            for r in workflow.rules
+        }
+        os.environ.update(
+            SSLSEG_GPU_SLOTS=as_json({k: v for k, v in _slots.items() if v})
+        )
 
 
 def threads_of(stage):
