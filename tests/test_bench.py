@@ -156,3 +156,127 @@ def test_plan_measures_a_grid_whose_first_backbone_cannot_pretrain(tmp_path):
     p = plan(cfg, bench, tmp_path)
     # viny: scratch and pretrained, each with and without intermediate; resnet18: scratch only (no SimMIM)
     assert p["stages"]["pretrain"]["hours"] > 0 and p["stages"]["finetune"]["jobs"] == 4 + 2
+
+
+# --- the user's loop b: fair on CUDA, as recorded on CPU (issue 13, item 7) --------------------
+
+def test_baseline_is_a_careful_users_loop_on_cuda_and_the_recorded_one_on_cpu(monkeypatch):
+    """Nothing here touches CUDA: the settings are a function of the device type."""
+    import torch
+
+    from sslseg.bench import data
+    from sslseg.bench.data import Baseline, baseline_settings
+
+    monkeypatch.setattr(data.os, "sched_getaffinity", lambda pid: set(range(6)), raising=False)
+    cuda = torch.device("cuda")
+    assert baseline_settings(cuda, compiled=True) == Baseline(amp="bf16", fused=True, compile=True, workers=6,
+                                                              pre_resize=True)
+    assert baseline_settings(cuda, compiled=False).compile is False  # a's compile choice, whatever it is
+    cpu = Baseline(amp="none", fused=False, compile=False, workers=2, pre_resize=False)  # BENCHMARKS.md's b
+    assert baseline_settings(torch.device("cpu"), compiled=True) == cpu
+
+
+def test_pre_resized_images_keep_their_shape_and_trimaps(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from sslseg.bench.data import pre_resize, write_images
+
+    records = write_images(tmp_path / "full", 4, (160, 120))
+    small = pre_resize(records, tmp_path / "small", 36)
+    for r, s in zip(records, small):
+        full, image = Image.open(r.image), Image.open(s.image)
+        assert min(image.size) == 36 and s.image.parent.name == r.image.parent.name  # ImageFolder classes kept
+        assert abs(image.width / image.height - full.width / full.height) < 0.05  # aspect kept: the crop draws on it
+        trimap = np.asarray(Image.open(s.trimap))
+        assert trimap.shape == (image.height, image.width) and set(np.unique(trimap)) <= {1, 2, 3}
+
+
+def test_the_cuda_baseline_loop_runs_here(tmp_path, monkeypatch):
+    """b as CUDA runs it (bf16, pre-resized JPEGs, its own worker count), on the CPU: every path
+    but fused AdamW and compile, which need the GPU or minutes."""
+    import torch
+    from PIL import Image
+
+    from sslseg.bench import tasks
+    from sslseg.bench.data import Baseline, write_images
+    from sslseg.train import train_step
+
+    monkeypatch.setattr(tasks, "baseline_settings",
+                        lambda device, compiled: Baseline("bf16", False, False, workers=0, pre_resize=True))
+    cfg = load_config(ROOT / "config.yaml", TINY)
+    records = write_images(tmp_path, 8, (160, 120))
+    data = {"records": records, "root": tmp_path, "sizes": {"simmim": 36, "finetune": 32}}
+    device = torch.device("cpu")
+    for task in ("simmim", "finetune"):
+        s = tasks.task_settings(cfg, task, device, quick=True)
+        loader, step, opt, how = tasks.user_loop(task, s, device, data, compiled=False)
+        batch = next(loader)
+        assert batch["images"].shape == (s["batch_size"], 3, 32, 32)
+        assert ("masks" in batch) == (task == "finetune")
+        assert torch.isfinite(train_step(step, opt, batch, None, how.amp, device))
+        assert all(min(Image.open(p).size) == data["sizes"][task]
+                   for p in (tmp_path / f"resized-{task}" / "jpeg").rglob("*.JPEG"))
+
+
+# --- whole-grid efficiency of a finished run (issue 13, item 2) --------------------------------
+
+def _synthetic_run(root: Path) -> Path:
+    """A finished run's folder: three training jobs' log.csv, their Snakemake logs and benchmarks,
+    and one other job (a pack) with a log and a benchmark, at known times."""
+    run = root / "results" / "demo"
+    jobs = {  # folder: (rows of (images_per_s, seconds), log relative to logs/, benchmark s, log mtime)
+        "pretrain/viny/simmim-random-600": ([(100, 2.0), (100, 2.0)], "pretrain/viny/simmim-random-600", 10.0, 1_000),
+        "intermediate/viny/scratch": ([(80, 1.5)], "intermediate/viny/scratch", 5.0, 1_010),
+        "runs/viny/scratch-i0/finetune-full-n50-s0": ([(50, 1.0)], "finetune/viny/scratch-i0/finetune-full-n50-s0",
+                                                      4.0, 1_030),
+    }
+    for folder, (rows, log, s, mtime) in jobs.items():
+        d = run / folder
+        d.mkdir(parents=True)
+        (d / "log.csv").write_text("epoch,loss,lr,images_per_s,seconds\n"
+                                   + "".join(f"{i + 1},0.5,0.001,{r},{t}\n" for i, (r, t) in enumerate(rows)))
+        (d / "model.pt.json").write_text(json.dumps({"settings": {"model": {"image_size": 64}}}))
+        tsv = f"s\th:m:s\n{s}\t0:00:{s:02.0f}\n"
+        for sub, suffix, text in (("logs", ".log", "done\n"), ("benchmarks", ".tsv", tsv)):
+            f = run / sub / (log + suffix)
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+            os.utime(f, (mtime, mtime))
+    pack = run / "logs" / "pack_pets.log"  # starts first: 1000 - 10 - 20 = 970
+    pack.write_text("packed\n")
+    os.utime(pack, (990, 990))
+    (run / "benchmarks" / "pack_pets.tsv").write_text("s\th:m:s\n20.0\t0:00:20\n")
+    return run
+
+
+def test_efficiency_of_a_finished_run(tmp_path, capsys):
+    from sslseg.bench.__main__ import cli
+    from sslseg.bench.efficiency import efficiency
+
+    run = _synthetic_run(tmp_path)
+    e = efficiency(run)
+    assert e["image_steps"] == 400 + 120 + 50
+    assert e["wall_s"] == pytest.approx(1_030 - 970)  # first start (pack: 990 - 20) to last end
+    assert e["images_per_s"] == pytest.approx(80) and "median" in e["rate_from"]  # of 100, 80, 50
+    assert e["efficiency"] == pytest.approx(570 / (60 * 80))
+    assert e["in_step_s"] == pytest.approx(6.5) and e["stages"]["finetune"]["image_steps"] == 50
+    given = efficiency(run, wall=100, rate=10)
+    assert given["efficiency"] == pytest.approx(0.57) and given["wall_from"] == "given (--wall)"
+    # BENCHMARKS.json's step stands in where it was measured at the run's image size, not elsewhere
+    bench = {"settings": {"simmim": {"image_size": 64}}, "measurements": {"a_simmim": {"images_per_s": 114.0}}}
+    assert efficiency(run, wall=100, bench=bench)["images_per_s"] == 114.0
+    bench["settings"]["simmim"]["image_size"] = 128
+    assert efficiency(run, wall=100, bench=bench)["images_per_s"] == pytest.approx(80)
+    out = tmp_path / "eff.json"
+    cli(["--efficiency", str(run), "--wall", "100", "--rate", "10", "--json", str(out)])
+    assert "efficiency         0.570" in capsys.readouterr().out
+    assert json.loads(out.read_text())["image_steps"] == 570
+
+
+def test_efficiency_refuses_a_folder_without_training(tmp_path, capsys):
+    from sslseg.bench.__main__ import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli(["--efficiency", str(tmp_path)])
+    assert exit_.value.code == 2 and "no training log.csv" in capsys.readouterr().err

@@ -43,6 +43,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 peak for MFU, if the device is not known")
     p.add_argument("--quick", action="store_true", help="seconds-scale smoke run: tiny sizes, no compile")
     p.add_argument("--json", default=None, help="write the results here")
+    g = p.add_argument_group("whole-grid efficiency of a finished run (instead of the benchmark)")
+    g.add_argument("--efficiency", metavar="RUN", default=None,
+                   help="a finished run's folder, e.g. results/demo: print its whole-grid efficiency")
+    g.add_argument("--wall", type=float, default=None,
+                   help="the run's wall time in seconds (else derived from its log files' mtimes: a lower bound)")
+    g.add_argument("--rate", type=float, default=None,
+                   help="the step's own img/s (else BENCHMARKS.json's at the run's image size, else the jobs' median)")
+    g.add_argument("--measure", action="store_true",
+                   help="time each stage's step here, alone on every core, as the per-stage reference (recorded figure)")
     args = p.parse_args(argv)
     args.seconds = args.seconds or (0.5 if args.quick else 20.0)
     args.warmup = args.warmup or (1 if args.quick else 3)
@@ -63,6 +72,8 @@ def check_images(cfg: dict, device: torch.device, args: argparse.Namespace) -> N
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.efficiency:
+        return run_efficiency(args)
     cfg = load_config(args.config, args.configfile)
     device = pick_device(args.device or cfg["device"])
     check_images(cfg, device, args)
@@ -73,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "cpus": os.cpu_count(), "torch": torch.__version__, "load_average": list(os.getloadavg()),
               "memory_kind": memory_kind(device),
-              "measurements": {}, "settings": {}, "flops_per_image": {}, "compile_s": {}}
+              "measurements": {}, "settings": {}, "flops_per_image": {}, "compile_s": {}, "baseline": {}}
     with tempfile.TemporaryDirectory(prefix="sslseg-bench-") as tmp:
         root = Path(tmp)
         records = write_images(root, n, jpeg_size)
@@ -97,6 +108,28 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def run_efficiency(args: argparse.Namespace) -> dict:
+    from sslseg.bench.efficiency import efficiency, render as render_efficiency
+    from sslseg.plan import load_bench
+
+    run = Path(args.efficiency)
+    if not run.is_dir():
+        raise UserError(f"--efficiency {run}: no such run folder")
+    try:
+        rates = None
+        if args.measure:
+            from sslseg.bench.efficiency import measure_rates
+
+            rates = measure_rates(run, seconds=2.0 if args.quick else 8.0)
+        e = efficiency(run, args.wall, args.rate, load_bench(None), rates)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+    print(render_efficiency(e))
+    if args.json:
+        Path(args.json).write_text(json.dumps(e, indent=2) + "\n")
+    return e
 
 
 def cli(argv: list[str] | None = None) -> dict:

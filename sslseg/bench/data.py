@@ -2,11 +2,14 @@
 
 Photo-like JPEGs with Oxford-style trimaps, written to a temporary folder, so the bench
 needs no dataset; and an endless torchvision DataLoader over them: PIL decode plus
-per-image transforms in 2 workers, the usual way to feed such a model.
+per-image transforms in worker processes, the usual way to feed such a model. How careful
+that user is depends on the device (`baseline_settings`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -59,6 +62,57 @@ def write_images(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> li
 
 # --- the user's loop (b) ----------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """How the user's loop (b) runs on one device type."""
+    amp: str  # train_step's autocast setting: "none" (fp32) or "bf16"
+    fused: bool  # AdamW(fused=True)
+    compile: bool  # torch.compile the model, as sslseg's step (a) does
+    workers: int  # DataLoader worker processes
+    pre_resize: bool  # JPEGs resized once, before timing, to the side sslseg packs them at
+
+
+def cpu_count() -> int:
+    """Cores this process may run on (a SLURM or taskset mask), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def baseline_settings(device: torch.device, compiled: bool) -> Baseline:
+    """The loop b stands for. On CUDA, a careful user's: bf16 autocast, fused AdamW, the same
+    compile choice as a, a worker per core and JPEGs resized once beforehand, so a/b there
+    measures sslseg's data path and step, not missing switches. On CPU, the plain loop
+    BENCHMARKS.md has recorded since the first run (eager fp32, plain AdamW, 2 workers,
+    full-size JPEGs), so its a/b stays comparable with the figures there: bf16 is slower on
+    that CPU, compiling did not pay (train.use_compile) and more workers than the 2 cores
+    would only take them from the model."""
+    if device.type == "cuda":
+        return Baseline(amp="bf16", fused=True, compile=compiled, workers=cpu_count(), pre_resize=True)
+    return Baseline(amp="none", fused=False, compile=False, workers=2, pre_resize=False)
+
+
+def pre_resize(records: list[Record], out: Path, side: int) -> list[Record]:
+    """Copies of the JPEGs (and trimaps, nearest-neighbour) with their shorter side resized to
+    `side`, in the same ImageFolder layout under `out`: done once, as a user would before
+    training on a small input size."""
+    resized = []
+    for r in records:
+        image = Image.open(r.image).convert("RGB")
+        scale = side / min(image.size)
+        size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+        path = out / "jpeg" / r.image.parent.name / r.image.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.resize(size, Image.BILINEAR).save(path, quality=90)
+        trimap = None
+        if r.trimap is not None:
+            trimap = out / "trimaps" / r.trimap.name
+            trimap.parent.mkdir(parents=True, exist_ok=True)
+            Image.open(r.trimap).resize(size, Image.NEAREST).save(trimap)
+        resized.append(Record(r.name, path, trimap, r.label))
+    return resized
+
 class _Pairs(torch.utils.data.Dataset):
     """JPEG + trimap PNG pairs through torchvision v2 transforms, which move the mask with the image."""
 
@@ -88,16 +142,18 @@ def user_transform(aug: dict, size: int) -> Callable:
                        v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
 
 
-def user_loader(task: str, records: list[Record], root: Path, settings: dict, device: torch.device) -> Iterator[dict]:
+def user_loader(task: str, records: list[Record], root: Path, settings: dict, device: torch.device,
+                workers: int = 2) -> Iterator[dict]:
     """An endless DataLoader (sampling with replacement, so no epoch-boundary stalls count
-    against it) of batches on `device`: images only for pretraining, with masks for `finetune`."""
+    against it) of batches on `device` from the JPEGs under `root`/jpeg (`records`: the same
+    files, with trimaps): images only for pretraining, with masks for `finetune`."""
     from torchvision import datasets
 
     t = user_transform(settings["augment"], settings["model"]["image_size"])
     ds = datasets.ImageFolder(str(root / "jpeg"), transform=t) if task != "finetune" else _Pairs(records, t)
     sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=10**9)
-    loader = torch.utils.data.DataLoader(ds, settings["batch_size"], sampler=sampler, num_workers=2, drop_last=True,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(ds, settings["batch_size"], sampler=sampler, num_workers=workers,
+                                         drop_last=True, pin_memory=device.type == "cuda")
     for x, y in loader:
         batch = {"images": x.to(device, non_blocking=True)}
         if task == "finetune":

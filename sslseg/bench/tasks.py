@@ -6,6 +6,7 @@ first run, so a bench on a config measures what that config's jobs would run.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import time
@@ -15,7 +16,7 @@ from typing import Callable, Iterator
 import torch
 
 from sslseg import grid
-from sslseg.bench.data import user_loader
+from sslseg.bench.data import baseline_settings, pre_resize, user_loader
 from sslseg.bench.timing import children_hwm_mb, count_flops, interleaved, status_kb
 from sslseg.config import eval_settings, rule_resources, runtime_settings, stage_settings
 from sslseg.data.loader import Batches
@@ -75,6 +76,21 @@ def _longest_job(cfg: dict, task: str, s: dict) -> int:
     return total_steps(s, max(1, size // s["batch_size"])) * s["batch_size"]
 
 
+def user_loop(task: str, s: dict, device: torch.device, data: dict, compiled: bool):
+    """b's batches, model step, optimizer and `Baseline`: the same model as a, run the way
+    `baseline_settings` says a user would on this device type."""
+    how = baseline_settings(device, compiled)
+    base = build_objective(s["objective"], s).to(device).train()
+    opt = torch.optim.AdamW(base.parameters(), lr=s["lr"], weight_decay=s["weight_decay"],
+                            **({"fused": True} if how.fused else {}))
+    root, records = data["root"], data["records"]
+    if how.pre_resize:  # once, before anything is timed, at the side sslseg packs this task at
+        root = root / f"resized-{task}"
+        records = pre_resize(records, root, data["sizes"][task])
+    loader = user_loader(task, records, root, s, device, how.workers)
+    return loader, torch.compile(base) if how.compile else base, opt, how
+
+
 def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, seconds: float, rounds: int,
                warmup: int, quick: bool) -> dict:
     """Measurements a, b, c, d (and s for pretraining, e when a compiles) of one task, in
@@ -115,19 +131,17 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, second
         transform(next(raws), gen)
         return bs
 
-    base = build_objective(s["objective"], s).to(device).train()  # the user's: same model, eager, fp32, AdamW
-    base_opt = torch.optim.AdamW(base.parameters(), lr=s["lr"], weight_decay=s["weight_decay"])
-    user = user_loader(task, data["records"], data["root"], s, device)
+    user, base_step, base_opt, how = user_loop(task, s, device, data, compiled)
 
     def b() -> int:
-        train_step(base, base_opt, next(user), None, "none", device)
+        train_step(base_step, base_opt, next(user), None, how.amp, device)
         return bs
 
     t0 = time.perf_counter()
     for _ in range(warmup):  # the first compiled call compiles; none of this is timed
         c()
     compile_s = time.perf_counter() - t0
-    for step in (a, b, d):
+    for step in (a, b, d):  # (b compiles its own model here when a does)
         for _ in range(warmup):
             step()
     steps: dict[str, Callable[[], int]] = {"a": a, "b": b, "c": c, "d": d}
@@ -144,6 +158,7 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, second
     del step_fn
     torch._dynamo.reset()
     return {"measurements": out, "flops_per_image": flops, "compile_s": round(compile_s, 1),
+            "baseline": dataclasses.asdict(how),
             "settings": {"batch_size": bs, "image_size": s["model"]["image_size"], "patch_size": s["model"]["patch_size"],
                          "backbone": s["model"]["backbone"], "objective": s["objective"],
                          "pack_size": data["sizes"][task], "compile": compiled, "amp": amp,

@@ -1,10 +1,12 @@
 """Timing and memory: interleaved rounds of steps, the peak memory of each, model FLOPs.
 
-Also `step_rate`, the planner's stand-in measurement when no BENCHMARKS.json exists.
+Also `step_rate`, the planner's stand-in measurement when no BENCHMARKS.json exists, and
+`settings_flops`, the planner's per-job cost.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import time
@@ -128,3 +130,36 @@ def step_rate(objective: torch.nn.Module, batch: dict, settings: dict, device: t
         return len(batch["images"])
 
     return interleaved({"c": step}, seconds, 1, device, 0)["c"]["images_per_s"]
+
+
+# Settings that change how a model is trained but not what one step computes per image: left
+# out of `settings_flops`' cache key, so a grid's seeds, budgets and LRs share one count.
+NOT_COST = frozenset({"stage", "device", "compile", "compile_min_image_steps", "amp", "cuda_batch_multiplier",
+                      "lr_scaling", "epochs", "iterations", "batch_size", "lr", "weight_decay", "milestones", "gamma",
+                      "warmup", "schedule", "optimizer", "momentum", "wd_exclusions", "augment", "drop_last", "seed",
+                      "dropout", "mixup_alpha"})
+_FLOPS: dict[tuple[str, bool], float] = {}
+
+
+def settings_flops(settings: dict, train: bool = True) -> float:
+    """FLOPs (forward + backward) per image of the objective a stage's `settings` build, counted
+    once per distinct model (cached): decoders, MAE's encoder on the visible tokens only and the
+    head are all in it. `train`: as the stage trains it, so frozen parts (a probe's backbone,
+    DDeP's encoder) compute no weight gradients; False: every part trainable (evaluation's
+    stand-in: a forward pass costs about a third of this, whatever is frozen)."""
+    from sslseg.objectives import build_objective
+    from sslseg.optim import freeze
+
+    key = (json.dumps({k: v for k, v in settings.items() if k not in NOT_COST}, sort_keys=True, default=str), train)
+    if key not in _FLOPS:
+        torch.manual_seed(0)
+        objective = build_objective(settings["objective"], settings).train()
+        if train:
+            freeze(objective, settings.get("freeze", []), settings.get("stage", "stage"))
+        size, classes = settings["model"]["image_size"], settings.get("classes") or 3
+        gen = torch.Generator().manual_seed(0)
+        batch = {"images": torch.randn(2, 3, size, size, generator=gen),  # 2: BatchNorm needs more than one value
+                 "masks": torch.randint(0, min(classes, 3), (2, size, size), generator=gen),
+                 "labels": torch.randint(0, classes, (2,), generator=gen)}
+        _FLOPS[key] = count_flops(objective, batch, gen)
+    return _FLOPS[key]

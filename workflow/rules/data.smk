@@ -93,6 +93,7 @@ rule pack_pretrain:
         f"{R}/benchmarks/pack_pretrain-{{data}}.tsv"
     wildcard_constraints:
         data=grid.wildcard(PRETRAIN_DATA),
+    priority: 10  # the pretraining waits on it (see rule pretrain)
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("pack")
@@ -129,6 +130,7 @@ rule pack_intermediate:
         f"{R}/benchmarks/pack_intermediate_{{split}}.tsv"
     wildcard_constraints:
         split="train|test",
+    priority: 5  # the intermediate step waits on it
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("pack")

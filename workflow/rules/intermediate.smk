@@ -16,6 +16,7 @@ rule intermediate:
         f"{R}/logs/intermediate/{{inter}}.log",
     benchmark:
         f"{R}/benchmarks/intermediate/{{inter}}.tsv"
+    priority: 5  # after its pretraining, before the fine-tunes that wait on it (see pretrain)
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("intermediate")

@@ -17,6 +17,9 @@ rule pretrain:
         f"{R}/logs/pretrain/{{pre}}.log",
     benchmark:
         f"{R}/benchmarks/pretrain/{{pre}}.tsv"
+    # Most jobs wait on a pretraining (via the intermediate step and the fine-tunes): start the
+    # chain first, and fill the other slots with jobs that need none (scratch fine-tunes).
+    priority: 10
     conda:
         "../../envs/sslseg.yaml"
     threads: threads_of("pretrain")

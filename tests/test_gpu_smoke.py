@@ -1,0 +1,48 @@
+"""The GPU smoke script (issue 13, item 8): refuses without CUDA, and every code path runs tiny
+on the CPU (`--device cpu --quick`), so the script cannot rot while no GPU is lent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sslseg.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "workflow" / "configs" / "tiny.yaml"
+
+
+def test_refuses_without_cuda_in_one_line(capsys, monkeypatch):
+    import torch
+
+    from sslseg.bench.gpu_smoke import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in ([], ["--device", "cpu"]):  # a CPU run is only a check of the script
+        with pytest.raises(SystemExit) as exit_:
+            cli(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_.value.code == 2 and len(err.splitlines()) == 1 and "needs a CUDA device" in err
+
+
+def test_quick_cpu_smoke_runs_every_path_and_feeds_the_planner(tmp_path, capsys):
+    from sslseg.bench.gpu_smoke import cli
+    from sslseg.plan import plan
+
+    out = tmp_path / "smoke.json"
+    result = cli(["--device", "cpu", "--quick", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    smoke = result["smoke"]
+    assert smoke["attention"]["ok"]  # CPU SDPA has a flash kernel too: the forced forward ran on it
+    assert smoke["syncs"]["steps"] == 3 and smoke["syncs"]["per_step"] is None  # counted on CUDA only
+    assert set(smoke["pretrain"]) == {"resident", "streamed", "multiplier_x2"}
+    assert smoke["pretrain"]["multiplier_x2"]["batch_size"] == 2 * smoke["pretrain"]["resident"]["batch_size"]
+    for key in ("a_simmim", "d_simmim", "s_simmim", "a_finetune", "evaluate", "pack"):
+        assert result["measurements"][key]["images_per_s"] > 0, key
+    assert result["flops_per_image"]["simmim"] > 0 and result["settings"]["finetune"]["objective"] == "segment"
+    printed = capsys.readouterr().out
+    assert "fused attention: ok" in printed and "multiplier_x2" in printed
+    p = plan(load_config(ROOT / "config.yaml", TINY), result, tmp_path)  # what `plan --bench` does with it
+    assert p["total_hours"] > 0 and p["device_hours"] > 0 and p["efficiency"] is not None
