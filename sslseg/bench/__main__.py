@@ -19,6 +19,8 @@ import torch
 
 import sslseg.bench
 from sslseg.bench.data import write_images
+from sslseg.bench.overhead import job_overhead
+from sslseg.bench.overhead import render as render_overhead
 from sslseg.bench.report import peak_flops, render, summarize
 from sslseg.bench.tasks import TASKS, bench_eval, bench_pack, bench_task, task_settings
 from sslseg.bench.timing import memory_kind
@@ -103,8 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
             for k, v in r.items():
                 result[k][task] = v
         result["measurements"]["evaluate"] = bench_eval(cfg, device, data, **timing)
+        # a job's fixed cost, as the workflow runs it: own process (cold) and warm start (sslseg.warm)
+        result["overhead"] = job_overhead(root / "overhead", Path(args.config), args.configfile and Path(args.configfile),
+                                          repeats=1 if args.quick else 3)
+        result["job_overhead_cpu_s"] = result["overhead"]["job_overhead_cpu_s"]
+        # what `plan` charges per job: a warm 1-step job's wall time, start to exit (the default local run)
+        result["job_overhead_s"] = result["overhead"]["warm"]["train_job_wall_s"]
     summarize(result, device, peak_flops(device, args.peak_tflops))
     print(render(result))
+    print(render_overhead(result["overhead"]))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return result
