@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # Published sizes, used until the workflow has packed the real sets (their packs are then read);
 # pets: the images its trainval and test lists name, which is what pack_pets packs.
 OFFICIAL = {"pets": 7_349, "intermediate_train": 14_034, "intermediate_test": 3_000}
-STARTUP_S = 10  # per job, where the benchmark measured none: imports, pack, checkpoints (4-5 s measured on CPU)
+STARTUP_S = 10  # per job, for a benchmark file without job_overhead_s: cold start, pack, checkpoints (BENCHMARKS.md)
 HEADROOM = 1.5
 # Stage → (resources key, throughput measurement in the benchmark JSON). The intermediate
 # classifier is timed by the SimMIM step: the same backbone forward/backward, a light head.
