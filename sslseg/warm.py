@@ -47,7 +47,9 @@ PACKAGE = Path(__file__).resolve().parent
 def socket_path(folder: str | None = None) -> str:
     """One server per user, interpreter and sslseg checkout (the package the client imported),
     its socket in `folder` (default: the temporary folder, $TMPDIR or /tmp)."""
-    key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{PACKAGE}\0{sys.version}".encode()).hexdigest()[:16]
+    # sys.prefix too: two venvs on one base interpreter share its real executable, not their packages
+    key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.prefix}\0{PACKAGE}\0{sys.version}"
+                         .encode()).hexdigest()[:16]
     return os.path.join(folder or tempfile.gettempdir(), f"sslseg-{os.getuid()}-{key}.sock")
 
 
@@ -67,44 +69,77 @@ def wanted(environ: dict | None = None) -> bool:
 
 def run(argv: list[str]) -> int | None:
     """Run `python -m sslseg <argv>` in a child of the server; its exit status, or None when
-    no server could take the job (none running: one is started for the next job; or it
-    refused: its code is stale), and the caller runs the job itself."""
+    no server took the job (none running: one is started for the next job; it refused: its
+    code is stale; it went away before forking), and the caller runs the job itself. Once the
+    server has the request the client waits for its answer, however long: giving up would let
+    the job run twice, cold here and forked there."""
     path = socket_path()
+    if _refused(path):
+        return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(path)
-    except (FileNotFoundError, ConnectionRefusedError):
+    except OSError as e:  # no server (or a socket left by a dead one); or the path is unusable
         conn.close()
-        start_server(path)
+        if isinstance(e, (FileNotFoundError, ConnectionRefusedError)):
+            start_server(path)
         return None
     with conn:
         request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
-        socket.send_fds(conn, [len(request).to_bytes(8, "big") + request], [0, 1, 2])
-        conn.settimeout(REPLY_TIMEOUT_S)
         reader = conn.makefile("r")
         try:
+            socket.send_fds(conn, [len(request).to_bytes(8, "big") + request], [0, 1, 2])
             first = json.loads(reader.readline() or "{}")
-        except (TimeoutError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError):  # the server closed before forking (exiting)
             return None
         if "pid" not in first:
-            return None  # stale: the server exits, the job runs cold
+            return None  # stale: the server stops taking jobs, this one runs cold
         child = first["pid"]
 
         def forward(signum, _frame):
-            try:
-                os.kill(child, signum)
-            except ProcessLookupError:
-                pass
+            _kill(child, signum)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, forward)
-        conn.settimeout(None)
-        line = reader.readline()
-    status = json.loads(line)["status"] if line else -signal.SIGKILL  # server gone: the child with it
+        try:
+            line = reader.readline()
+        except OSError:
+            line = ""
+    if not line:  # the server died: its children die with it (PR_SET_PDEATHSIG); make sure
+        _kill(child, signal.SIGKILL)
+        print("sslseg: the warm-start server died while running this job; rerun it "
+              "(runtime.warm_start: false runs every job in its own process)", file=sys.stderr)
+        return 1
+    status = json.loads(line)["status"]
     if status < 0:  # killed by a signal: die by the same one, as the job's own process would have
         signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
         return 128 - status
     return status
+
+
+def _kill(pid: int, sig: int) -> None:
+    """Signal a job's child and whatever it started (its own process group, set right after the
+    fork; before that, the child alone)."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, sig)
+            return
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return
+
+
+def _refused(path: str) -> bool:
+    """Whether a server found it could not serve safely (`<socket>.refused`, its reason inside)
+    with the code as it is now: then no job starts another, until a source file changes."""
+    marker = Path(path + ".refused")
+    try:
+        since = marker.stat().st_mtime_ns
+    except OSError:
+        return False
+    newest = max((f.stat().st_mtime_ns for f in PACKAGE.rglob("*.py")), default=0)
+    return newest < since
 
 
 def start_server(path: str) -> None:
@@ -158,15 +193,29 @@ def _preload() -> None:
             print(f"warm: not preloaded: {name}: {e}", flush=True)
 
 
-def _child(request: dict, fds: list[int], inherited: list) -> None:
+def _die_with_server(server: int) -> None:
+    """Linux: the kernel kills this child if the server dies (PR_SET_PDEATHSIG), so a crashed
+    server never leaves a job running that Snakemake believes failed, to collide with its rerun."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != server:  # it died before the line above took effect
+        os._exit(1)
+
+
+def _child(request: dict, fds: list[int], inherited: list, server: int) -> None:
     """In the forked child: become the job's process, run the command, exit with its status.
     `inherited`: the server's sockets, selector and lock file, which the job must not hold."""
     try:
+        _die_with_server(server)
         for obj in inherited:
             os.close(obj if isinstance(obj, int) else obj.fileno())
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter has them
         os.setsid()  # the job's own process group, apart from the server's
         for target, fd in zip((0, 1, 2), fds):
             os.dup2(fd, target)
@@ -193,8 +242,12 @@ def _child(request: dict, fds: list[int], inherited: list) -> None:
             traceback.print_exc()
             code = 1
         import atexit
+        import threading
 
-        atexit._run_exitfuncs()  # what the interpreter would run at the end of a job's own process
+        # what the interpreter does at the end of a job's own process: join non-daemon threads,
+        # run the exit handlers, flush
+        threading._shutdown()
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:
@@ -204,7 +257,15 @@ def _child(request: dict, fds: list[int], inherited: list) -> None:
 
 
 def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
+    """A client's request and its stdin/stdout/stderr; a client that stalls for 5 s is dropped
+    (the server is one thread: it must not wait on one client)."""
+    conn.settimeout(5.0)
     head, fds, _, _ = socket.recv_fds(conn, 8 + 65536, 3)
+    while len(head) < 8:
+        more = conn.recv(8 - len(head))
+        if not more:
+            raise ConnectionError("client closed")
+        head += more
     size = int.from_bytes(head[:8], "big")
     body = bytearray(head[8:])
     while len(body) < size:
@@ -212,11 +273,39 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
         if not chunk:
             raise ConnectionError("client closed")
         body += chunk
+    conn.settimeout(None)
+    if len(fds) != 3:
+        raise ConnectionError("no stdin/stdout/stderr passed")
     return json.loads(body), fds
 
 
+def _send(conn: socket.socket, message: dict) -> bool:
+    """Send one line; False when the client is gone (its job is then killed, never its server)."""
+    try:
+        conn.sendall(json.dumps(message).encode() + b"\n")
+        return True
+    except OSError:
+        return False
+
+
+def _safe_to_fork() -> str | None:
+    """Why forking jobs from this process would be unsafe, or None: a CUDA context does not
+    survive fork, and a Python thread (holding a lock, say) would not be in the child."""
+    import threading
+
+    import torch
+
+    if torch.cuda.is_initialized():
+        return "CUDA was initialised while importing the stages"
+    if threading.active_count() > 1:
+        return f"{threading.active_count() - 1} Python thread(s) started while importing the stages"
+    return None
+
+
 def serve(path: str, idle_s: float = IDLE_S) -> None:
-    """Accept jobs on the socket `path` until IDLE_S seconds pass with none running."""
+    """Accept jobs on the socket `path` until IDLE_S seconds pass with none running. Once a
+    source file it imported changes, it takes no new job (they run cold: the next one starts a
+    fresh server) and exits when its running jobs have ended."""
     import fcntl
 
     lock = open(path + ".lock", "w")
@@ -226,6 +315,12 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
         return  # another server for this socket is starting or running
     _preload()
     files = _loaded_files()
+    unsafe = _safe_to_fork()
+    if unsafe:  # jobs run cold, and start no server again until the code changes
+        print(f"warm: not serving: {unsafe}", flush=True)
+        Path(path + ".refused").write_text(unsafe + "\n")
+        return
+    Path(path + ".refused").unlink(missing_ok=True)
     if os.path.exists(path):
         os.unlink(path)  # we hold the lock: a socket file left here belongs to a dead server
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -236,42 +331,64 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
     sel.register(listener, selectors.EVENT_READ)
     jobs: dict[int, socket.socket] = {}  # child pid → its client's connection
     started: dict[int, tuple[float, str]] = {}  # child pid → (start, command), for the log
-    last = time.monotonic()
+    last, accepting, server = time.monotonic(), True, os.getpid()
+
+    def stop_accepting() -> None:
+        """No new job: the socket's name goes (new clients start their own server, or run cold),
+        and clients already queued on it are told to run cold."""
+        nonlocal accepting
+        if not accepting:
+            return
+        accepting = False
+        if os.path.exists(path):
+            os.unlink(path)
+        sel.unregister(listener)
+        listener.setblocking(False)
+        while True:
+            try:
+                queued, _ = listener.accept()
+            except (BlockingIOError, OSError):
+                break
+            _send(queued, {"stale": True})
+            queued.close()
+        listener.close()
+
     print(f"warm: serving {path} (pid {os.getpid()}, {len(files)} sslseg modules)", flush=True)
     try:
-        while jobs or (time.monotonic() - last < idle_s and PACKAGE.is_dir()):
+        while jobs or (accepting and time.monotonic() - last < idle_s and PACKAGE.is_dir()):
             for key, _ in sel.select(timeout=0.2):
                 if key.fileobj is listener:
-                    conn, _ = listener.accept()
+                    conn = None
                     try:
+                        conn, _ = listener.accept()
                         request, fds = _receive(conn)
                     except (ConnectionError, ValueError, OSError):
-                        conn.close()
+                        if conn is not None:
+                            conn.close()
                         continue
                     changed = _stale(files)
                     if changed:
-                        print(f"warm: {changed} changed since it was imported; exiting", flush=True)
-                        conn.sendall(b'{"stale": true}\n')
+                        print(f"warm: {changed} changed since it was imported; no new jobs, exiting after "
+                              f"{len(jobs)} running", flush=True)
+                        _send(conn, {"stale": True})
                         conn.close()
                         for fd in fds:
                             os.close(fd)
-                        return
+                        stop_accepting()
+                        break
                     pid = os.fork()
                     if pid == 0:
-                        _child(request, fds, [listener, conn, *jobs.values(), sel.fileno(), lock])
+                        _child(request, fds, [listener, conn, *jobs.values(), sel.fileno(), lock], server)
                     for fd in fds:
                         os.close(fd)
-                    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
                     jobs[pid] = conn
                     started[pid] = (time.monotonic(), request["argv"][0])
                     sel.register(conn, selectors.EVENT_READ, pid)
+                    if not _send(conn, {"pid": pid}):
+                        _kill(pid, signal.SIGKILL)  # the client gave up: its job must not run unseen
                 else:  # a client sends nothing after its request: readable means it is gone
-                    pid = key.data
                     sel.unregister(key.fileobj)
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    _kill(key.data, signal.SIGKILL)
             for pid in list(jobs):
                 done, status, usage = os.wait4(pid, os.WNOHANG)
                 if done:
@@ -281,20 +398,17 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
                     # the job's own CPU (what its Snakemake benchmark file cannot see): sslseg.bench reads it
                     print(f"warm: job {pid} {command} status {code} cpu_s {usage.ru_utime + usage.ru_stime:.3f} "
                           f"wall_s {time.monotonic() - t0:.3f} maxrss_mb {usage.ru_maxrss / 1024:.0f}", flush=True)
-                    try:
-                        conn.sendall(json.dumps({"status": code}).encode() + b"\n")
-                    except OSError:
-                        pass
+                    _send(conn, {"status": code})
                     try:
                         sel.unregister(conn)
                     except (KeyError, ValueError):
                         pass
                     conn.close()
                     last = time.monotonic()
+        stop_accepting()
     finally:
-        if os.path.exists(path):
+        if accepting and os.path.exists(path):
             os.unlink(path)
-        listener.close()
         print("warm: exiting", flush=True)
 
 

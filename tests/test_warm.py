@@ -177,3 +177,89 @@ def test_changed_code_is_never_served(job):
         time.sleep(0.1)
     assert not alive(server), "a server with stale code kept running"
     assert "changed since it was imported" in next(job.tmp.glob("sslseg-*.sock.log")).read_text()
+
+
+def server_socket(tmp: Path) -> str:
+    return str(next(tmp.glob("sslseg-*.sock.log")))[:-len(".log")]
+
+
+def test_a_client_gone_before_its_answer_kills_its_job_not_the_server(job):
+    """A client that vanishes right after sending its request (killed, say) must not leave its job
+    running unseen, nor take the server, and the other jobs with it, down."""
+    import socket as sk
+
+    job("first")
+    server = wait_for_server(job.tmp)
+    long = {**job.settings, "epochs": 10_000}
+    request = json.dumps({"argv": ["finetune", "--pets", str(job.tmp / "pets.h5"), "--rows", str(job.tmp / "rows.txt"),
+                                   "--out", str(job.tmp / "gone" / "model.pt"), "--log", str(job.tmp / "gone" / "log.csv"),
+                                   "--settings", json.dumps(long)], "cwd": str(job.tmp),
+                          "env": {**os.environ, "PYTHONPATH": str(job.tmp / "code")}}).encode()
+    (job.tmp / "gone").mkdir()
+    with open(os.devnull, "r+b") as null:
+        conn = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+        conn.connect(server_socket(job.tmp))
+        sk.send_fds(conn, [len(request).to_bytes(8, "big") + request], [null.fileno()] * 3)
+        conn.close()
+    time.sleep(1.0)  # the server reads the request, forks, finds the client gone
+    end = time.time() + 15
+    while children_of(server) and time.time() < end:
+        time.sleep(0.1)
+    assert not children_of(server), "the job of a vanished client is still running"
+    assert alive(server)
+    code, out = job("after")
+    assert code == 0 and (out / "model.pt").exists(), (out / "job.log").read_text()
+    assert not (job.tmp / "gone" / "model.pt").exists()
+
+
+def test_a_code_edit_lets_running_jobs_finish(job):
+    job("first")
+    server = wait_for_server(job.tmp)
+    longer = {**job.settings, "epochs": 40}
+    proc, out = job("running", settings=longer, wait=False)
+    end = time.time() + 60
+    while not children_of(server) and time.time() < end:
+        time.sleep(0.1)
+    assert children_of(server)
+    (job.tmp / "code" / "sslseg" / "optim.py").touch()
+    code, cold = job("cold-after-edit")
+    assert code == 0, (cold / "job.log").read_text()
+    assert proc.wait(timeout=300) == 0, (out / "job.log").read_text()  # not killed by the edit
+    assert (out / "model.pt").exists()
+    end = time.time() + 10
+    while alive(server) and time.time() < end:
+        time.sleep(0.1)
+    assert not alive(server)
+
+
+def test_a_dead_server_takes_its_jobs_with_it(job):
+    """A server that crashes must not leave a job running that Snakemake counts as failed (its
+    rerun would collide with it): the child dies with the server, the client fails with a line."""
+    job("first")
+    server = wait_for_server(job.tmp)
+    proc, out = job("orphan", settings={**job.settings, "epochs": 10_000}, wait=False)
+    end = time.time() + 60
+    while not children_of(server) and time.time() < end:
+        time.sleep(0.1)
+    (child,) = children_of(server)
+    os.kill(server, signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
+    assert "warm-start server died" in (out / "job.log").read_text()
+    end = time.time() + 10
+    while alive(child) and time.time() < end:
+        time.sleep(0.1)
+    assert not alive(child)
+
+
+def test_a_server_that_cannot_fork_safely_says_why():
+    import threading
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        assert "thread" in warm._safe_to_fork()
+    finally:
+        stop.set()
+        t.join()
+    assert warm._safe_to_fork() is None
