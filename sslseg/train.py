@@ -163,11 +163,15 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
         step_fn = torch.compile(objective)
     log_every = runtime["log_every"]
     seen_total, time_total, startup_cpu = 0, 0.0, None
+    # one generator for the job, reseeded every epoch (the same draws as a new one each epoch): a
+    # compiled step keeps seeing the same object, which torch.compile would otherwise guard on
+    gen = make_generator(device, 0)
     for epoch in range(start, epochs):
         first, steps = epoch * per_epoch, min(per_epoch, budget - epoch * per_epoch)
         epoch_seed = settings["seed"] * 100_003 + epoch
         torch.manual_seed(epoch_seed)  # dropout, MixUp: reproducible per epoch, so resumes match
-        gen = make_generator(device, epoch_seed)  # augmentation, masks, noise: drawn on the device
+        if gen is not None:  # augmentation, masks, noise: drawn on the device
+            gen.manual_seed(epoch_seed)
         objective.train()
         for module in frozen:  # BatchNorm statistics and dropout leave frozen parts as they were
             module.eval()

@@ -20,7 +20,6 @@ on the CPU, so a test can keep the script from rotting (no sync count there).
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import statistics
 import sys
@@ -42,7 +41,7 @@ from sslseg.data.augment import make_transform
 from sslseg.io import UserError
 from sslseg.objectives import build_objective
 from sslseg.optim import lr_at, make_optimizer, scale_for_device
-from sslseg.train import autocast, fit, train_step, use_compile
+from sslseg.train import autocast, fit, make_generator, train_step, use_compile
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "python -m sslseg.bench.gpu_smoke"
@@ -58,17 +57,7 @@ def make_batches(pack: Path, batch_size: int, device: torch.device, keys: tuple[
     from sslseg.data.loader import Batches
 
     budget = 1e6 if resident else 0.0
-    kw = {"gpu_memory_gb": budget} if "gpu_memory_gb" in inspect.signature(Batches).parameters else {}
-    return Batches(pack, None, batch_size, device, keys, budget, **kw)
-
-
-def make_generator(device: torch.device, seed: int) -> torch.Generator | None:
-    """The step's generator as `fit` makes it (on the device where train.make_generator exists)."""
-    import sslseg.train
-
-    if hasattr(sslseg.train, "make_generator"):
-        return sslseg.train.make_generator(device, seed)
-    return torch.Generator().manual_seed(seed)
+    return Batches(pack, None, batch_size, device, keys, budget, gpu_memory_gb=budget)
 
 
 def scaled(s: dict, multiplier: int, rows: int) -> dict:

@@ -27,7 +27,7 @@ from sslseg.data.augment import make_transform
 from sslseg.models.predict import predict_classes
 from sslseg.objectives import build_objective
 from sslseg.optim import make_optimizer, scale_for_device, total_steps
-from sslseg.train import train_step, use_compile
+from sslseg.train import make_generator, train_step, use_compile
 
 # Task (the key of every figure in the JSON, which the planner reads) → the stage it times.
 TASKS = {"simmim": "pretrain", "finetune": "finetune"}
@@ -104,13 +104,13 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, second
     torch.manual_seed(0)
     objective = build_objective(s["objective"], s).to(device).train()
     opt = make_optimizer(objective, s, device)
-    compiled = not quick and use_compile(s["compile"], device, _longest_job(cfg, task, s))
+    compiled = not quick and use_compile(s["compile"], device, _longest_job(cfg, task, s), s["compile_min_image_steps"])
     step_fn = torch.compile(objective) if compiled else objective
     label = "masks" if task == "finetune" else None
     bs, amp, log_every = s["batch_size"], s["amp"], runtime["log_every"]
     keys = ("images", "aspect") + ((label,) if label else ())  # as the training stage reads them
     batches = Batches(data[task], None, bs, device, keys, runtime["memory_gb"])
-    transform, gen = make_transform(s["augment"], s["model"]["image_size"], label), torch.Generator().manual_seed(0)
+    transform, gen = make_transform(s["augment"], s["model"]["image_size"], label), make_generator(device, 0)
     raws = _forever(batches)
     fixed = transform(next(raws), gen)
     flops = count_flops(objective, fixed, gen)

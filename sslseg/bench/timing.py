@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sslseg.optim import make_optimizer
-from sslseg.train import train_step
+from sslseg.train import make_generator, train_step
 
 
 # --- memory -----------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ def step_rate(objective: torch.nn.Module, batch: dict, settings: dict, device: t
               warmup: int = 2) -> float:
     """Images/s of the model step alone (eager) on `batch` already on `device`; used by the planner."""
     objective.to(device).train()
-    opt, gen = make_optimizer(objective, settings, device), torch.Generator().manual_seed(0)
+    opt, gen = make_optimizer(objective, settings, device), make_generator(device, 0)
     amp = settings["amp"]
     for _ in range(warmup):
         train_step(objective, opt, batch, gen, amp, device)

@@ -30,6 +30,9 @@ BLOCK_BATCHES = 32  # a block is batch_size * 32 contiguous rows, and at least M
 # are one block, i.e. shuffled whole, whatever the order their pack was written in (Intel's
 # is by class). Only larger pretraining subsets, written in a random order, visit blocks.
 MIN_BLOCK_ROWS = 65_536
+# runtime.gpu_memory_gb null: this much of the device's memory may hold a stage's rows; the
+# rest is the model's, its activations' and, with gpu_share, the other jobs' on the device
+GPU_MEMORY_FRACTION = 0.25
 BLOCK_SEED_OFFSET = 1_000_003  # the block order's generator, apart from the within-block one
 CHUNK_BYTES = 256 * 2**20  # rows per HDF5 read when loading a set: the host holds one chunk, never the set
 T = TypeVar("T")
@@ -146,7 +149,8 @@ class Batches:
                  masks: str | Path | None = None, gpu_memory_gb: float | None = None):
         """`masks`: a pack whose "masks" (same rows as `pack`) replace `pack`'s, e.g. generated
         imperfect labels; such a set is always held in memory (a fine-tune subset).
-        `memory_gb` (host) and `gpu_memory_gb` (CUDA; None: memory_gb) decide where the rows
+        `memory_gb` (host) and `gpu_memory_gb` (CUDA; None: GPU_MEMORY_FRACTION of the device's
+        memory) decide where the rows
         are held, never what a batch holds."""
         self.pack, self.batch_size, self.device, self.drop_last = Path(pack), batch_size, device, drop_last
         with h5py.File(self.pack, "r") as f:
@@ -157,6 +161,8 @@ class Batches:
         self.n = len(self.rows)
         self.contiguous = self.n == 0 or (self.rows[-1] - self.rows[0] + 1 == self.n)
         size = self.n * row_bytes
+        if gpu_memory_gb is None and device.type == "cuda":  # runtime.gpu_memory_gb: null
+            gpu_memory_gb = GPU_MEMORY_FRACTION * torch.cuda.get_device_properties(device).total_memory / 2**30
         gpu_gb = memory_gb if gpu_memory_gb is None else gpu_memory_gb
         # On CUDA the rows that fit gpu_memory_gb stay on the GPU as uint8 and batches are gathered
         # there, so no per-step host gather or host-to-device copy is left in the loop.
@@ -210,16 +216,17 @@ class Batches:
             yield self._to_device({k: v[idx] for k, v in self.arrays.items()})
 
     def _read_blocks(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        """Each block of the epoch's order as one HDF5 slice, permuted; in pinned memory on CUDA,
-        so the per-batch copies to the GPU are asynchronous."""
-        pin = self.device.type == "cuda"
+        """Each block of the epoch's order as one HDF5 slice, permuted. Pageable, not pinned: a
+        block of 65,536 144-px rows is 4 GB, which the pinned allocator would round up to 8 GB of
+        page-locked memory and keep cached; with the block being read and the one training, a
+        stream holds up to ~3 blocks (~12 GB at 144 px), within resources.pretrain.mem_mb."""
         with h5py.File(self.pack, "r") as f:
             for s, perm in self.blocks(seed):
                 lo = int(self.rows[0]) + s
                 block = {}
                 for k in self.keys:
                     raw = torch.from_numpy(f[k][lo:lo + len(perm)])
-                    block[k] = torch.empty(raw.shape, dtype=raw.dtype, pin_memory=pin)
+                    block[k] = torch.empty(raw.shape, dtype=raw.dtype)
                     torch.index_select(raw, 0, perm, out=block[k])
                 yield block
 
