@@ -14,9 +14,10 @@ the jobs that need a device to themselves. When no device has enough (the free s
 split across devices), the job waits, saying so in its log, and retries every POLL_S seconds.
 
 Nothing happens when the job's command asks for no slots (SSLSEG_GPU_SLOTS, which the workflow
-sets for local runs on CUDA, does not list it), under SLURM (SLURM_JOB_ID: SLURM sets
-CUDA_VISIBLE_DEVICES itself), or without GPUs. Standard library only: it runs before torch is
-imported.
+sets for local runs on CUDA only, does not list it: not for jobs the SLURM executor submits,
+where SLURM picks the GPU), or without GPUs. A local run inside a SLURM allocation (`salloc
+--gpus=4`, then snakemake) does claim, among the devices SLURM gave it (CUDA_VISIBLE_DEVICES).
+Standard library only: it runs before torch is imported.
 
 Environment:
 - SSLSEG_GPU_SLOTS: JSON {command: slots} (workflow/rules/common.smk); read once and removed, so
@@ -155,7 +156,7 @@ def claim(command: str, environ: MutableMapping[str, str] = os.environ, poll_s: 
     table = environ.pop("SSLSEG_GPU_SLOTS", None)
     if _held:  # claimed already in this process
         return environ.get("CUDA_VISIBLE_DEVICES")
-    if not table or "SLURM_JOB_ID" in environ:
+    if not table:  # (the workflow sets it for local runs only, not for jobs SLURM submits)
         return None
     need = _need(table, command)
     listed = devices(environ) if need else []

@@ -82,12 +82,17 @@ def test_a_users_cuda_visible_devices_is_respected(tmp_path, fresh, monkeypatch)
     assert gpus.devices({"CUDA_VISIBLE_DEVICES": ""}) == []
 
 
+def test_a_local_run_inside_a_slurm_allocation_claims_among_its_gpus(tmp_path, fresh):
+    """salloc --gpus=2, then a local snakemake: SLURM lists the job's GPUs, which the jobs share."""
+    e = env(tmp_path, SLURM_JOB_ID="7", CUDA_VISIBLE_DEVICES="4,5")
+    assert gpus.claim("pretrain", e) == "4" and e["CUDA_VISIBLE_DEVICES"] == "4" and len(fresh) == gpus.SLOTS
+
+
 @pytest.mark.parametrize("extra", [
-    {"SLURM_JOB_ID": "7", "SSLSEG_GPU_COUNT": "2"},  # SLURM sets CUDA_VISIBLE_DEVICES itself
     {"SSLSEG_GPU_COUNT": "0"},                       # no GPU
     {"CUDA_VISIBLE_DEVICES": "-1"},                  # every GPU hidden
 ])
-def test_no_claim_under_slurm_or_without_gpus(tmp_path, fresh, extra):
+def test_no_claim_without_gpus(tmp_path, fresh, extra):
     e = env(tmp_path, **extra)
     assert gpus.claim("pretrain", e) is None
     assert e.get("CUDA_VISIBLE_DEVICES") == extra.get("CUDA_VISIBLE_DEVICES") and not fresh
