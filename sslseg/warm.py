@@ -85,6 +85,8 @@ def run(argv: list[str]) -> int | None:
             start_server(path)
         return None
     with conn:
+        if _peer_uid(conn) != os.getuid():  # someone else's socket at our name: never hand them a job
+            return None
         request = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
         reader = conn.makefile("r")
         try:
@@ -115,6 +117,18 @@ def run(argv: list[str]) -> int | None:
         os.kill(os.getpid(), -status)
         return 128 - status
     return status
+
+
+def _peer_uid(conn: socket.socket) -> int | None:
+    """The user id of the process at the other end of a Unix socket (Linux SO_PEERCRED): a job's
+    environment and open files go only to, and come only from, the same user."""
+    import struct
+
+    try:
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    except (OSError, AttributeError):
+        return None
+    return uid
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -361,6 +375,8 @@ def serve(path: str, idle_s: float = IDLE_S) -> None:
                     conn = None
                     try:
                         conn, _ = listener.accept()
+                        if _peer_uid(conn) != os.getuid():
+                            raise ConnectionError("another user's client")
                         request, fds = _receive(conn)
                     except (ConnectionError, ValueError, OSError):
                         if conn is not None:

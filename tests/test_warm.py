@@ -263,3 +263,24 @@ def test_a_server_that_cannot_fork_safely_says_why():
         stop.set()
         t.join()
     assert warm._safe_to_fork() is None
+
+
+def test_a_job_goes_only_to_a_server_of_the_same_user(tmp_path, monkeypatch):
+    """A socket at the server's name held by another user (a shared /tmp) gets no request: the
+    request carries the job's environment and open files."""
+    import socket as sk
+
+    a, b = sk.socketpair(sk.AF_UNIX)
+    assert warm._peer_uid(a) == os.getuid()
+    a.close(), b.close()
+    path = str(tmp_path / "other.sock")
+    listener = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+    monkeypatch.setattr(warm, "socket_path", lambda folder=None: path)
+    monkeypatch.setattr(warm, "_peer_uid", lambda conn: os.getuid() + 1)
+    assert warm.run(["finetune"]) is None  # the job then runs in its own process
+    conn, _ = listener.accept()
+    conn.settimeout(2)
+    assert conn.recv(1) == b""  # nothing was sent
+    listener.close()
