@@ -1,7 +1,7 @@
 """Warm start: import torch and the stages once, fork one child per job.
 
 Every rule runs `python -m sslseg <command>`, and importing torch + timm + a stage costs
-~4-5 s of CPU (BENCHMARKS.md), paid again by each of a grid's hundreds of jobs. With
+3-5 s of CPU (BENCHMARKS.md, per-job overhead), paid again by each of a grid's hundreds of jobs. With
 `runtime.warm_start` (the default for local runs), a job's process is a thin client: it hands
 its arguments, working directory, environment and stdin/stdout/stderr to a server that has
 imported every command's module, and the server forks a child that runs the command exactly
@@ -12,10 +12,11 @@ The client stays the job as far as Snakemake can tell: it exits with the child's
 dies by the child's signal), forwards SIGTERM/SIGINT/SIGHUP to it, and if the client is
 killed outright the server kills the child (SIGKILL, as the job's own process would have
 died). The server starts on the first job (that job runs without it), serves one user, one
-interpreter and one checkout (the socket's name is a hash of them), refuses and exits as
-soon as a module it imported has changed on disk (the job then runs cold and the next one
-starts a fresh server), and exits after IDLE_S seconds without jobs. Not under SLURM (a job
-per allocation: nothing to share), nor when SSLSEG_RUNTIME is not set (a stage run by hand).
+interpreter and one checkout (the socket's name is a hash of them; the peer's user id is
+checked both ways), takes no new job once a module it imported has changed on disk (that job
+runs cold, the next one starts a fresh server; running jobs finish), and exits after IDLE_S seconds without jobs. Linux only; not under
+SLURM (a job per allocation: nothing to share), nor when SSLSEG_RUNTIME is not set (a stage
+run by hand).
 
 What changes for the user: Snakemake's `benchmark:` files of warm jobs hold the job's wall
 time, but their CPU and memory columns measure the client (the child is the server's);
@@ -57,6 +58,8 @@ def wanted(environ: dict | None = None) -> bool:
     """Whether a job should go through the server: the workflow's runtime settings ask for it
     (runtime.warm_start, handed over in SSLSEG_RUNTIME) and the job is not a SLURM job."""
     env = os.environ if environ is None else environ
+    if not sys.platform.startswith("linux"):  # it relies on fork, SO_PEERCRED and PR_SET_PDEATHSIG
+        return False
     if "SLURM_JOB_ID" in env or "SSLSEG_RUNTIME" not in env:
         return False
     try:

@@ -25,13 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = {"log_every": 10, "checkpoint_every": 10, "memory_gb": 1.0, "progress": False, "warm_start": True}
 
 
-def test_only_workflow_jobs_outside_slurm_go_warm():
+def test_only_workflow_jobs_outside_slurm_go_warm(monkeypatch):
     on = {"SSLSEG_RUNTIME": json.dumps(RUNTIME)}
     assert warm.wanted(on)
     assert not warm.wanted({})  # a stage run by hand
     assert not warm.wanted({**on, "SLURM_JOB_ID": "7"})
     assert not warm.wanted({"SSLSEG_RUNTIME": json.dumps({**RUNTIME, "warm_start": False})})
     assert not warm.wanted({"SSLSEG_RUNTIME": "{not json"})  # the job itself reports it (sslseg.runtime)
+    monkeypatch.setattr(sys, "platform", "darwin")  # no SO_PEERCRED, no PR_SET_PDEATHSIG: every job cold
+    assert not warm.wanted(on)
 
 
 @pytest.fixture
