@@ -128,7 +128,7 @@ def device_scaling(settings: dict, device: torch.device, images: int | None = No
     m = requested if images is None else max(1, min(requested, images // b))
     factor = LR_FACTORS[settings["lr_scaling"]](m) if m > 1 else 1
     return {"multiplier": m, "requested": requested, "base_batch_size": b, "batch_size": b * m,
-            "lr_scaling": settings["lr_scaling"], "lr_factor": factor, "base_lr": settings["lr"],
+            "lr_scaling": settings.get("lr_scaling"), "lr_factor": factor, "base_lr": settings["lr"],
             "lr": settings["lr"] * factor}
 
 
