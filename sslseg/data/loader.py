@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 import torch
 
+from sslseg.data.pack import open_pack
 from sslseg.io import UserError
 
 BLOCK_BATCHES = 32  # a block is batch_size * 32 contiguous rows, and at least MIN_BLOCK_ROWS
@@ -43,27 +44,22 @@ def load_rows(pack: str | Path, rows: slice | np.ndarray, keys: Sequence[str], d
     """`keys` of `rows` (a slice, or sorted indices) of `pack`, each in one tensor allocated on
     `device` and filled `chunk_rows` rows at a time (default: CHUNK_BYTES of rows), so a set
     bound for the GPU never exists whole in host memory. Equal to reading it in one go."""
-    try:
-        with h5py.File(pack, "r") as f:
-            keys = [k for k in keys if k in f]
-            n_all = f[keys[0]].shape[0] if keys else 0
-            index = np.arange(n_all)[rows] if isinstance(rows, slice) else np.asarray(rows)
-            row_bytes = sum(int(np.prod(f[k].shape[1:])) * f[k].dtype.itemsize for k in keys) or 1
-            step = chunk_rows or max(1, CHUNK_BYTES // row_bytes)
-            out = {}
-            for k in keys:
-                dtype = torch.from_numpy(np.empty(0, f[k].dtype)).dtype
-                out[k] = torch.empty((len(index), *f[k].shape[1:]), dtype=dtype, device=device)
-                for a in range(0, len(index), step):
-                    part = index[a:a + step]
-                    contiguous = part[-1] - part[0] + 1 == len(part)  # one hyperslab, not a point list
-                    sel = slice(int(part[0]), int(part[-1]) + 1) if contiguous else part
-                    out[k][a:a + len(part)].copy_(torch.from_numpy(f[k][sel]))
-            return out
-    except FileNotFoundError:
-        raise UserError(f"{pack}: pack not found; run the pack stage first") from None
-    except (OSError, KeyError) as e:
-        raise UserError(f"{pack}: corrupt or truncated HDF5 ({e}); delete it and rerun the pack stage") from None
+    with open_pack(pack) as f:
+        keys = [k for k in keys if k in f]
+        n_all = f[keys[0]].shape[0] if keys else 0
+        index = np.arange(n_all)[rows] if isinstance(rows, slice) else np.asarray(rows)
+        row_bytes = sum(int(np.prod(f[k].shape[1:])) * f[k].dtype.itemsize for k in keys) or 1
+        step = chunk_rows or max(1, CHUNK_BYTES // row_bytes)
+        out = {}
+        for k in keys:
+            dtype = torch.from_numpy(np.empty(0, f[k].dtype)).dtype
+            out[k] = torch.empty((len(index), *f[k].shape[1:]), dtype=dtype, device=device)
+            for a in range(0, len(index), step):
+                part = index[a:a + step]
+                contiguous = part[-1] - part[0] + 1 == len(part)  # one hyperslab, not a point list
+                sel = slice(int(part[0]), int(part[-1]) + 1) if contiguous else part
+                out[k][a:a + len(part)].copy_(torch.from_numpy(f[k][sel]))
+        return out
 
 
 _END = object()

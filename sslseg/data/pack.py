@@ -9,9 +9,10 @@ training reads large contiguous blocks.
 
 from __future__ import annotations
 
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import h5py
 import numpy as np
@@ -93,20 +94,23 @@ def pack(records: Sequence[Record], out: str | Path, size: int, mode: str = "squ
     return Path(out)
 
 
-def read_pack(path: str | Path, rows: np.ndarray | slice | None = None, keys: Sequence[str] = ("images", "masks")) -> dict[str, np.ndarray]:
-    """Read `keys` for `rows` (sorted indices or a slice) from a pack into memory."""
+@contextlib.contextmanager
+def open_pack(path: str | Path) -> Iterator[h5py.File]:
+    """The pack open for reading; a missing or unreadable one (or a key it lacks) as one line
+    naming the file and the fix."""
     try:
         with h5py.File(path, "r") as f:
-            out = {}
-            for k in keys:
-                if k not in f:
-                    continue
-                out[k] = f[k][()] if rows is None else f[k][rows]
-            return out
+            yield f
     except FileNotFoundError:
         raise UserError(f"{path}: pack not found; run the pack stage first") from None
     except (OSError, KeyError) as e:
         raise UserError(f"{path}: corrupt or truncated HDF5 ({e}); delete it and rerun the pack stage") from None
+
+
+def read_pack(path: str | Path, rows: np.ndarray | slice | None = None, keys: Sequence[str] = ("images", "masks")) -> dict[str, np.ndarray]:
+    """Read `keys` for `rows` (sorted indices or a slice) from a pack into memory."""
+    with open_pack(path) as f:
+        return {k: f[k][()] if rows is None else f[k][rows] for k in keys if k in f}
 
 
 def pack_attrs(path: str | Path) -> dict:
