@@ -22,8 +22,9 @@ Standard library only: it runs before torch is imported.
 Environment:
 - SSLSEG_GPU_SLOTS: JSON {command: slots} (workflow/rules/common.smk); read once and removed, so
   processes the job starts share its device instead of claiming another.
-- SSLSEG_GPU_LOCKS: the lock folder; default /tmp/sslseg-gpus-<uid>, one per machine and user,
-  since the devices are the machine's (two studies running at once share them too).
+- SSLSEG_GPU_LOCKS: the lock folder; default /tmp/sslseg-<uid>/gpus, one per machine and user,
+  since the devices are the machine's (two studies running at once share them too), in a
+  folder only the user can write to (sslseg.userdir: no one else can hold a slot's lock).
 - CUDA_VISIBLE_DEVICES: when set, the devices to choose among (e.g. "2,3").
 - SSLSEG_GPU_COUNT: a device count to use instead of asking `nvidia-smi -L` (tests).
 """
@@ -40,10 +41,13 @@ import time
 from collections.abc import MutableMapping
 from typing import TextIO
 
+from sslseg.userdir import private_dir
+
 SLOTS = 12  # per device; every allowed gpu_share divides it, so a device holds exactly `share` jobs of a rule
 SHARES = (1, 2, 3, 4, 6, 12)  # the schema's enum for resources.<rule>.gpu_share
 POLL_S = 1.0  # a fine-tune can end within seconds: look again soon
 SAY_EVERY_S = 60.0  # repeat the waiting line this often, so a long wait stays visible in the log
+LOCK_BASE = "/tmp"  # not $TMPDIR: the devices are the machine's, whatever a job's environment says
 _held: list[int] = []  # this process's lock descriptors: open until it exits
 
 
@@ -162,14 +166,15 @@ def claim(command: str, environ: MutableMapping[str, str] = os.environ, poll_s: 
     listed = devices(environ) if need else []
     if not listed:
         return None
-    lock_dir = environ.get("SSLSEG_GPU_LOCKS") or f"/tmp/sslseg-gpus-{os.getuid()}"
     start = said = time.monotonic()
     first = True
     while True:
         try:
+            lock_dir = environ.get("SSLSEG_GPU_LOCKS") or os.path.join(private_dir(LOCK_BASE), "gpus")
             device, fds, free = try_acquire(lock_dir, listed, need, f"{os.getpid()} {command}")
-        except OSError as e:
-            raise SystemExit(f"sslseg: error: GPU lock folder {lock_dir} (SSLSEG_GPU_LOCKS): {e}") from None
+        except OSError as e:  # NotPrivate included
+            raise SystemExit(f"sslseg: error: GPU lock folder (SSLSEG_GPU_LOCKS): {e}; "
+                             "or set SSLSEG_GPU_LOCKS to a folder of your own") from None
         if device is not None:
             break
         if first or time.monotonic() - said >= SAY_EVERY_S:

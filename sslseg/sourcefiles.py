@@ -23,8 +23,9 @@ from typing import Iterable
 
 PACKAGE = "sslseg"
 # How a job runs, never what it computes (like the `runtime:` settings): the warm-start hand-off
-# and the GPU slot claim of `python -m sslseg`. Not stage code, so editing them reruns nothing.
-NOT_CODE = frozenset({"sslseg.warm", "sslseg.gpus"})
+# and the GPU slot claim of `python -m sslseg`, and the private folder both keep their files in.
+# Not stage code, so editing them reruns nothing.
+NOT_CODE = frozenset({"sslseg.warm", "sslseg.gpus", "sslseg.userdir"})
 
 
 def module_files(modules: Iterable[str], root: str | Path) -> list[str]:

@@ -54,7 +54,7 @@ COMPILE_MIN_IMAGE_STEPS = 2_000_000  # train.compile_min_image_steps' default (t
 
 def use_compile(setting: str | bool, device: torch.device, image_steps: int,
                 min_image_steps: int = COMPILE_MIN_IMAGE_STEPS) -> bool:
-    """Whether a job of `image_steps` (steps x batch still to run) compiles its step.
+    """Whether a job of `image_steps` (its steps x batch, from the first to the last) compiles its step.
 
     `auto`: on CUDA only, and only for jobs of at least `min_image_steps`
     (train.compile_min_image_steps): a cold compile costs ~36 s (BENCHMARKS.md), which a short
@@ -158,7 +158,9 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
             print(f"[{name}] ignoring {resume_path}: written with other settings", flush=True)
 
     step_fn = objective
-    if use_compile(settings["compile"], device, (budget - start * per_epoch) * batches.batch_size,
+    # the whole job's image-steps, not those left: a resumed job compiles as its first start did,
+    # so its numbers do not depend on where it was stopped (a compiled step's rounding differs)
+    if use_compile(settings["compile"], device, budget * batches.batch_size,
                    settings.get("compile_min_image_steps", COMPILE_MIN_IMAGE_STEPS)):
         step_fn = torch.compile(objective)
     log_every = runtime["log_every"]

@@ -12,8 +12,8 @@ The client stays the job as far as Snakemake can tell: it exits with the child's
 dies by the child's signal), forwards SIGTERM/SIGINT/SIGHUP to it, and if the client is
 killed outright the server kills the child (SIGKILL, as the job's own process would have
 died). The server starts on the first job (that job runs without it), serves one user, one
-interpreter and one checkout (the socket's name is a hash of them; the peer's user id is
-checked both ways), takes no new job once a module it imported has changed on disk (that job
+interpreter and one checkout (the socket's name is a hash of them, in a folder of the user's
+own, sslseg.userdir; the peer's user id is checked both ways), takes no new job once a module it imported has changed on disk (that job
 runs cold, the next one starts a fresh server; running jobs finish), and exits after IDLE_S seconds without jobs. Linux only; not under
 SLURM (a job per allocation: nothing to share), nor when SSLSEG_RUNTIME is not set (a stage
 run by hand).
@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -39,6 +40,8 @@ import time
 import traceback
 from pathlib import Path
 
+from sslseg.userdir import private_dir
+
 IDLE_S = 30.0  # a server with no job for this long exits: a workflow starts its next job within a second or so,
 # and an idle server holds ~0.5 GB
 REPLY_TIMEOUT_S = 30.0  # a server that does not fork within this is given up on (the job runs cold)
@@ -47,11 +50,13 @@ PACKAGE = Path(__file__).resolve().parent
 
 def socket_path(folder: str | None = None) -> str:
     """One server per user, interpreter and sslseg checkout (the package the client imported),
-    its socket in `folder` (default: the temporary folder, $TMPDIR or /tmp)."""
+    its socket in the user's own folder in `folder` (default: the temporary folder, $TMPDIR or
+    /tmp): sslseg-<uid>/warm-<hash>.sock. Raises userdir.NotPrivate when that folder is not
+    safely the user's (sslseg.userdir says why it matters)."""
     # sys.prefix too: two venvs on one base interpreter share its real executable, not their packages
     key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.prefix}\0{PACKAGE}\0{sys.version}"
                          .encode()).hexdigest()[:16]
-    return os.path.join(folder or tempfile.gettempdir(), f"sslseg-{os.getuid()}-{key}.sock")
+    return os.path.join(private_dir(folder or tempfile.gettempdir()), f"warm-{key}.sock")
 
 
 def wanted(environ: dict | None = None) -> bool:
@@ -76,7 +81,11 @@ def run(argv: list[str]) -> int | None:
     code is stale; it went away before forking), and the caller runs the job itself. Once the
     server has the request the client waits for its answer, however long: giving up would let
     the job run twice, cold here and forked there."""
-    path = socket_path()
+    try:
+        path = socket_path()
+    except OSError as e:  # NotPrivate, or a temporary folder we cannot write to
+        print(f"sslseg: warm start is off for this job (it runs in its own process): {e}", file=sys.stderr)
+        return None
     if _refused(path):
         return None
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -157,6 +166,17 @@ def _refused(path: str) -> bool:
         return False
     newest = max((f.stat().st_mtime_ns for f in PACKAGE.rglob("*.py")), default=0)
     return newest < since
+
+
+def server_pids(log: str | Path) -> list[int]:
+    """The pids of the servers that have written to a socket's log (`<socket>.log`), in order:
+    each says `warm: serving <socket> (pid N, ...)` once it listens. For stopping them (tests, the
+    benchmark)."""
+    try:
+        text = Path(log).read_text()
+    except FileNotFoundError:
+        return []
+    return [int(m) for m in re.findall(r"^warm: serving .* \(pid (\d+),", text, re.M)]
 
 
 def start_server(path: str) -> None:

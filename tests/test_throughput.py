@@ -267,6 +267,24 @@ def test_fit_asks_with_the_jobs_image_steps_and_the_configured_threshold(tmp_pat
     assert asked == [("auto", CPU, 3 * 3 * 4, 123)]
 
 
+def test_a_resumed_job_decides_on_its_whole_length_as_its_first_start_did(tmp_path, monkeypatch):
+    """Resumed near its end, a job must compile (or not) as it did at first: a compiled step rounds
+    differently, and a resume is meant to give the uninterrupted run's numbers."""
+    from test_engine import OPTIMIZERS, die_after, train
+
+    asked = []
+    monkeypatch.setattr(train_module, "use_compile", lambda *a: asked.append(a[2]) or False)
+    s = settings_for(compile="auto", epochs=3)
+    cls = OPTIMIZERS[s["optimizer"]]
+    real = cls.step
+    die_after(monkeypatch, cls, 7)  # killed in epoch 3 of 3, after epoch 2's checkpoint
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path, s, tag="cut")
+    monkeypatch.setattr(cls, "step", real)
+    train(tmp_path, s, tag="cut")
+    assert asked == [3 * 3 * 4, 3 * 3 * 4]
+
+
 def test_the_compile_cache_is_one_folder_per_results_folder(tmp_path):
     env = compile_cache_env({"name": "study-a"}, tmp_path)
     cache = (tmp_path / "results" / "study-a" / ".cache").resolve()

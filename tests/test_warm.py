@@ -22,6 +22,7 @@ from sslseg.config import load_config, stage_settings
 from sslseg.data.splits import write_rows
 
 ROOT = Path(__file__).resolve().parents[1]
+LOGS = "sslseg-*/warm-*.sock.log"  # the servers' logs in a TMPDIR (warm.socket_path)
 RUNTIME = {"log_every": 10, "checkpoint_every": 10, "memory_gb": 1.0, "progress": False, "warm_start": True}
 
 
@@ -70,9 +71,8 @@ def job(tmp_path):
         return proc.returncode, out
     run.tmp, run.settings = tmp_path, settings
     yield run
-    for log in tmp_path.glob("sslseg-*.sock.log"):  # stop the test's server
-        for pid in {int(w) for line in log.read_text().splitlines() if "(pid " in line
-                    for w in [line.split("(pid ")[1].split(",")[0]]}:
+    for log in tmp_path.glob(LOGS):  # stop the test's server
+        for pid in warm.server_pids(log):
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -83,12 +83,11 @@ def wait_for_server(tmp: Path, timeout: float = 120) -> int:
     """The pid of the server the first job started, once it listens."""
     end = time.time() + timeout
     while time.time() < end:
-        for log in tmp.glob("sslseg-*.sock.log"):
-            text = log.read_text()
-            if "serving" in text and Path(str(log)[:-len(".log")]).exists():
-                return int(text.split("(pid ")[-1].split(",")[0])
+        for log in tmp.glob(LOGS):
+            if warm.server_pids(log) and Path(str(log)[:-len(".log")]).exists():
+                return warm.server_pids(log)[-1]
         time.sleep(0.2)
-    raise AssertionError("no warm-start server came up: " + " ".join(p.read_text() for p in tmp.glob("*.sock.log")))
+    raise AssertionError("no warm-start server came up: " + " ".join(p.read_text() for p in tmp.glob(LOGS)))
 
 
 def children_of(pid: int) -> list[int]:
@@ -178,11 +177,11 @@ def test_changed_code_is_never_served(job):
     while alive(server) and time.time() < end:
         time.sleep(0.1)
     assert not alive(server), "a server with stale code kept running"
-    assert "changed since it was imported" in next(job.tmp.glob("sslseg-*.sock.log")).read_text()
+    assert "changed since it was imported" in next(job.tmp.glob(LOGS)).read_text()
 
 
 def server_socket(tmp: Path) -> str:
-    return str(next(tmp.glob("sslseg-*.sock.log")))[:-len(".log")]
+    return str(next(tmp.glob(LOGS)))[:-len(".log")]
 
 
 def test_a_client_gone_before_its_answer_kills_its_job_not_the_server(job):

@@ -121,7 +121,7 @@ def _job(tmp: Path, env: dict, train: dict, evaluate: dict, tag: str) -> tuple[t
 def _wait_for(log: Path, timeout: float) -> bool:
     end = time.time() + timeout
     while time.time() < end:
-        if log.exists() and "serving" in log.read_text() and Path(str(log)[:-4]).exists():
+        if warm.server_pids(log) and Path(str(log)[:-4]).exists():
             return True
         time.sleep(0.2)
     return False
@@ -130,12 +130,11 @@ def _wait_for(log: Path, timeout: float) -> bool:
 def _stop_server(log: Path) -> None:
     import signal
 
-    for line in log.read_text().splitlines() if log.exists() else []:
-        if "(pid " in line:
-            try:
-                os.kill(int(line.split("(pid ")[1].split(",")[0]), signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+    for pid in warm.server_pids(log):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
 def render(o: dict) -> str:
