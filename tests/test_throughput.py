@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import threading
+import time
+import weakref
 from contextlib import closing
 from itertools import islice
 from pathlib import Path
@@ -168,6 +170,33 @@ def test_the_prefetching_stream_yields_the_in_memory_batches(tmp_path, monkeypat
             assert len(a) == len(b) == len(held)
             assert all(x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
     assert not prefetch_threads()
+
+
+def test_a_stream_holds_two_blocks_at_most(tmp_path, monkeypatch):
+    """The block training and the next one as read: a third (a permuted copy) would be 4 GB more
+    for the 200k-image pack (blocks of 65,536 144-px rows) on a job asking for 16 GB."""
+    monkeypatch.setattr(loader, "MIN_BLOCK_ROWS", 32)
+    monkeypatch.setattr(loader, "BLOCK_BATCHES", 1)
+    pack = write_pack(tmp_path / "p.h5", 320)  # 10 blocks
+    block_bytes = 32 * np.prod(h5py.File(pack)["images"].shape[1:])
+    live, most = set(), [0]
+
+    def watched(make):
+        def made(*a, **k):
+            t = make(*a, **k)
+            if t.numel() * t.element_size() >= block_bytes:  # a block's worth, however it was made
+                live.add(id(t))
+                most[0] = max(most[0], len(live))
+                weakref.finalize(t, live.discard, id(t))
+            return t
+        return made
+
+    for name in ("from_numpy", "empty", "index_select"):
+        monkeypatch.setattr(loader.torch, name, watched(getattr(torch, name)))
+    streamed = Batches(pack, None, 4, CPU, ("images",), 1e-9)
+    for batch in streamed.epoch(0):
+        time.sleep(0.002)  # a slow step: the reader is a block ahead
+    assert most[0] == 2
 
 
 def test_a_budget_ending_mid_epoch_stops_the_reader_thread(tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ for tens of thousands of 128-px images): on CUDA straight onto the GPU, chunk by
 chunk (`load_rows`), when they fit `gpu_memory_gb`; elsewhere into host memory when
 they fit `memory_gb`. Larger contiguous sets are streamed instead, one contiguous HDF5
 slice per block, the next block read by a background thread while the current one is
-consumed (`prefetch`; so a stream holds up to three blocks of up to MIN_BLOCK_ROWS
-rows: the one consumed, the next as read and as permuted). Either way an epoch
+consumed (`prefetch`; so a stream holds two blocks of up to MIN_BLOCK_ROWS rows as
+read: the one batches are gathered from, and the next). Either way an epoch
 visits the rows in the order `Batches.order` gives, a function of (rows,
 batch_size, seed) only, so neither budget ever changes a result.
 """
@@ -211,40 +211,40 @@ class Batches:
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield self._to_device({k: v[idx] for k, v in self.arrays.items()})
 
-    def _read_blocks(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        """Each block of the epoch's order as one HDF5 slice, permuted. Pageable, not pinned: a
-        block of 65,536 144-px rows is 4 GB, which the pinned allocator would round up to 8 GB of
-        page-locked memory and keep cached; with the block being read and the one training, a
-        stream holds up to ~3 blocks (~12 GB at 144 px), within resources.pretrain.mem_mb."""
+    def _read_blocks(self, seed: int | None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
+        """Each block of the epoch's order as one HDF5 slice, as read, with its permutation. Not
+        permuted here: a permuted copy would be a third block in memory (this one, the one
+        training, and the next as read); `_stream` gathers each batch from it instead. Pageable,
+        not pinned: a block of 65,536 144-px rows is 4 GB, which the pinned allocator would round
+        up to 8 GB of page-locked memory and keep cached; a stream holds ~2 blocks (~8 GB at
+        144 px), within resources.pretrain.mem_mb."""
         with h5py.File(self.pack, "r") as f:
             for s, perm in self.blocks(seed):
                 lo = int(self.rows[0]) + s
-                block = {}
-                for k in self.keys:
-                    raw = torch.from_numpy(f[k][lo:lo + len(perm)])
-                    block[k] = torch.empty(raw.shape, dtype=raw.dtype)
-                    torch.index_select(raw, 0, perm, out=block[k])
-                yield block
+                yield {k: torch.from_numpy(f[k][lo:lo + len(perm)]) for k in self.keys}, perm
 
     def _stream(self, seed: int | None) -> Iterator[dict[str, torch.Tensor]]:
-        """The same batches as `epoch` in memory: the blocks of `_read_blocks`, read one ahead
-        by `prefetch`, and batches cut across block boundaries (rows left over carry into the
-        next). Closing it (a budget that ends mid-epoch) stops the reader thread."""
-        b, first = self.batch_size, self.keys[0]
+        """The same batches as `epoch` in memory: each gathered from a block of `_read_blocks`,
+        the next block read ahead by `prefetch`; a batch straddling two blocks takes the rows
+        left over, then the next block's first. Closing it (a budget that ends mid-epoch) stops
+        the reader thread."""
+        b = self.batch_size
         carry: dict[str, torch.Tensor] = {}
         with closing(prefetch(self._read_blocks(seed))) as blocks:
-            for block in blocks:
-                n, i = len(block[first]), 0
-                if carry:  # the batch straddling two blocks: the rows left over, then this block's first
-                    need = b - len(carry[first])
+            for block, perm in blocks:  # (the previous block is freed here, as the next one is read)
+                def rows(lo: int, hi: int, block=block, perm=perm) -> dict[str, torch.Tensor]:
+                    return {k: v[perm[lo:hi]] for k, v in block.items()}  # a copy: holds nothing of the block
+                n, i = len(perm), 0
+                if carry:
+                    need = b - len(next(iter(carry.values())))
                     if n < need:  # the set's short tail block, visited anywhere, may hold fewer rows
-                        carry = {k: torch.cat([carry[k], v]) for k, v in block.items()}
+                        carry = {k: torch.cat([carry[k], v]) for k, v in rows(0, n).items()}
                         continue
-                    yield self._to_device({k: torch.cat([carry[k], v[:need]]) for k, v in block.items()})
+                    yield self._to_device({k: torch.cat([carry[k], v]) for k, v in rows(0, need).items()})
                     i = need
                 while i + b <= n:
-                    yield self._to_device({k: v[i:i + b] for k, v in block.items()})
+                    yield self._to_device(rows(i, i + b))
                     i += b
-                carry = {k: v[i:].clone() for k, v in block.items()} if i < n else {}  # (frees the block)
+                carry = rows(i, n) if i < n else {}
         if carry and not self.drop_last:
             yield self._to_device(carry)
