@@ -46,3 +46,25 @@ def test_quick_cpu_smoke_runs_every_path_and_feeds_the_planner(tmp_path, capsys)
     assert "fused attention: ok" in printed and "multiplier_x2" in printed
     p = plan(load_config(ROOT / "config.yaml", TINY), result, tmp_path)  # what `plan --bench` does with it
     assert p["total_hours"] > 0 and p["device_hours"] > 0 and p["efficiency"] is not None
+
+
+def test_a_failing_section_is_reported_and_the_others_still_run(tmp_path, capsys, monkeypatch):
+    """A first GPU run has minutes: one check that trips must not cost the other figures."""
+    from sslseg.bench import gpu_smoke
+
+    def broken(*a, **k):
+        raise RuntimeError("set_sync_debug_mode: simulated failure\nsecond line")
+
+    monkeypatch.setattr(gpu_smoke, "count_syncs", broken)
+    out = tmp_path / "smoke.json"
+    with pytest.raises(SystemExit) as exit_:
+        gpu_smoke.cli(["--device", "cpu", "--quick", "--json", str(out)])
+    assert exit_.value.code == 1
+    saved = json.loads(out.read_text())
+    assert saved["errors"] == {"syncs": "RuntimeError: set_sync_debug_mode: simulated failure"}
+    assert "syncs" not in saved["smoke"] and saved["smoke"]["attention"]["ok"]
+    for key in ("a_simmim", "d_simmim", "a_finetune", "evaluate", "pack"):  # measured after it failed, too
+        assert saved["measurements"][key]["images_per_s"] > 0, key
+    printed = capsys.readouterr()
+    assert "host syncs per step: FAILED (RuntimeError: set_sync_debug_mode: simulated failure)" in printed.out
+    assert "1 section(s) FAILED: syncs" in printed.out and "Traceback" in printed.err

@@ -13,6 +13,9 @@ One command (≤ 8 minutes on one H100-class GPU) that checks, on synthetic pack
   data path   images/s of gather + augment alone, resident and streamed;
 and writes a JSON `python -m sslseg plan --bench` reads (a_simmim: the resident mode;
 a_finetune, evaluate and pack measured briefly beside it; compile_s; cuda_init_s).
+Each check is a section: one that raises is reported (FAILED, its error; exit status 1) and the
+others still run, and the JSON is rewritten after every section, so a first run on a GPU that
+trips on one thing, or is cut off by a time limit, still brings back the rest.
 Without CUDA it refuses in one line, unless `--device cpu --quick`: every code path, tiny,
 on the CPU, so a test can keep the script from rotting (no sync count there).
 """
@@ -25,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
@@ -248,18 +252,42 @@ def main(argv: list[str] | None = None) -> dict:
            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
            "cpus": cpu_count(), "torch": torch.__version__, "quick": args.quick, "cuda_init_s": round(cuda_init_s, 2),
            "measurements": {}, "settings": {}, "flops_per_image": {}, "compile_s": {}, "smoke": {}}
+    out["errors"] = {}
+
+    def save() -> None:  # after every section: a run cut short (a time limit) keeps what it measured
+        out["wall_s"] = round(time.perf_counter() - t0, 1)
+        if args.json:
+            path = Path(args.json)
+            part = path.with_name(path.name + ".part")
+            part.write_text(json.dumps(out, indent=2) + "\n")
+            part.replace(path)
+
     with tempfile.TemporaryDirectory(prefix="sslseg-gpu-smoke-") as tmp_name:
-        tmp = Path(tmp_name)
-        smoke(cfg, device, sizes, mult, runtime, tmp, out)
-    out["wall_s"] = round(time.perf_counter() - t0, 1)
+        smoke(cfg, device, sizes, mult, runtime, Path(tmp_name), out, save)
+    save()
     print(render(out))
-    if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return out
 
 
-def smoke(cfg: dict, device: torch.device, sizes: dict, mult: int, runtime: dict, tmp: Path, out: dict) -> None:
-    """Every check and measurement, into `out` (see the module doc)."""
+def section(out: dict, name: str, save, fn) -> bool:
+    """Run one check or measurement; an exception is recorded under out["errors"][name] (its
+    traceback on stderr) and the next section runs: a first run on a GPU that trips on one thing
+    still brings back everything else. Saves `out` either way. Whether it succeeded."""
+    try:
+        fn()
+        return True
+    except Exception as e:  # noqa: BLE001 - recorded and reported; KeyboardInterrupt still stops the run
+        traceback.print_exc()
+        out["errors"][name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        print(f"{PROG}: {name} FAILED: {out['errors'][name]}", file=sys.stderr, flush=True)
+        return False
+    finally:
+        save()
+
+
+def smoke(cfg: dict, device: torch.device, sizes: dict, mult: int, runtime: dict, tmp: Path, out: dict,
+          save=lambda: None) -> None:
+    """Every check and measurement, into `out` (see the module doc), each a `section`."""
     quick, smk, m = out["quick"], out["smoke"], out["measurements"]
     s = task_settings(cfg, "simmim", device, quick)  # the workflow's settings here (its multiplier included)
     base = task_settings(cfg, "simmim", torch.device("cpu"), quick)  # before any multiplier
@@ -267,26 +295,38 @@ def smoke(cfg: dict, device: torch.device, sizes: dict, mult: int, runtime: dict
     pre = write_pack(tmp / "pretrain.h5", sizes["rows"], pack_size, masks=False)
     compiled = not quick and compiles(s, device, 200_000 * 100)  # as the grid's longest: 200k images x 100 epochs
     s = {**s, "compile": compiled, "iterations": sizes["steps"]}
+    describe(out, "simmim", s, pack_size)  # first: the planner needs the model it times, whatever fails
+    fine = finetune_settings(cfg, device, sizes, quick)
+    describe(out, "finetune", fine, fine["model"]["image_size"])
     modes = {"resident": (s, True), "streamed": (s, False),
              f"multiplier_x{mult}": ({**scaled(base, mult, sizes["rows"]), "compile": compiled,
                                       "iterations": max(2, sizes["steps"] // mult)}, True)}
     # resident first: its first epoch pays the cold compile, which is the planner's compile_s
-    smk["pretrain"] = {name: pretrain_mode(ms, pre, device, runtime, tmp, resident)
-                       for name, (ms, resident) in modes.items()}
-    smk["syncs"] = count_syncs(s, pre, device, sizes["sync_steps"], compiled)
-    smk["attention"] = check_attention(s, device)
-    m.update(data_path(s, pre, device, sizes["seconds"]))
-    resident = smk["pretrain"]["resident"]
-    m["a_simmim"] = {"images_per_s": resident["images_per_s"], "peak_mb": resident["peak_mb"],
-                     "source": "gpu_smoke pretrain resident: median epoch after the first"}
-    out["compile_s"]["simmim"] = resident["first_epoch_extra_s"] if compiled else 0.0
-    fine = finetune(cfg, device, sizes, runtime, tmp, out)
+    smk["pretrain"] = {}
+    for name, (ms, resident) in modes.items():
+        if section(out, f"pretrain_{name}", save,
+                   lambda ms=ms, resident=resident, name=name: smk["pretrain"].__setitem__(
+                       name, pretrain_mode(ms, pre, device, runtime, tmp, resident))) and name == "resident":
+            r = smk["pretrain"]["resident"]
+            m["a_simmim"] = {"images_per_s": r["images_per_s"], "peak_mb": r["peak_mb"],
+                             "source": "gpu_smoke pretrain resident: median epoch after the first"}
+            out["compile_s"]["simmim"] = r["first_epoch_extra_s"] if compiled else 0.0
+    section(out, "syncs", save, lambda: smk.__setitem__("syncs", count_syncs(s, pre, device, sizes["sync_steps"],
+                                                                             compiled)))
+    section(out, "attention", save, lambda: smk.__setitem__("attention", check_attention(s, device)))
+    section(out, "data_path", save, lambda: m.update(data_path(s, pre, device, sizes["seconds"])))
+    finetune(cfg, device, sizes, runtime, tmp, out, fine, save)
     for task, st, pack in (("simmim", s, pre), ("finetune", fine, tmp / "pets.h5")):
-        out["flops_per_image"][task] = flops(st, pack, device)
-        out["settings"][task] = {"batch_size": st["batch_size"], "image_size": st["model"]["image_size"],
-                                 "patch_size": st["model"]["patch_size"], "backbone": st["model"]["backbone"],
-                                 "objective": st["objective"], "compile": st["compile"], "amp": st["amp"],
-                                 "pack_size": pack_size if task == "simmim" else st["model"]["image_size"]}
+        section(out, f"flops_{task}", save,
+                lambda task=task, st=st, pack=pack: out["flops_per_image"].__setitem__(task, flops(st, pack, device)))
+
+
+def describe(out: dict, task: str, st: dict, pack_size: int) -> None:
+    """The model and settings a task's figures are for (what `plan --bench` scales by)."""
+    out["settings"][task] = {"batch_size": st["batch_size"], "image_size": st["model"]["image_size"],
+                             "patch_size": st["model"]["patch_size"], "backbone": st["model"]["backbone"],
+                             "objective": st["objective"], "compile": st["compile"], "amp": st["amp"],
+                             "pack_size": pack_size}
 
 
 def compiles(s: dict, device: torch.device, image_steps: int) -> bool:
@@ -305,64 +345,97 @@ def flops(s: dict, pack: Path, device: torch.device) -> float:
     return count_flops(build_objective(s["objective"], s).to(device), batch, gen)
 
 
-def finetune(cfg: dict, device: torch.device, sizes: dict, runtime: dict, tmp: Path, out: dict) -> dict:
-    """The fine-tune step (a short fit on a pets-sized pack), evaluation and packing, briefly:
-    what the planner needs beside the pretraining rate. Returns the fine-tune's settings."""
-    quick, m = out["quick"], out["measurements"]
+def finetune_settings(cfg: dict, device: torch.device, sizes: dict, quick: bool) -> dict:
+    """The fine-tune the smoke test times: the workflow's, three epochs of a pets-sized pack."""
     s = task_settings(cfg, "finetune", device, quick)
-    pets = write_pack(tmp / "pets.h5", sizes["pets"], s["model"]["image_size"], masks=True, seed=1)
     compiled = not quick and compiles(s, device, 6000 * s["epochs"])  # the grid's largest fine-tune: 6,000 pets
-    s = {**s, "compile": compiled, "iterations": 3 * (sizes["pets"] // s["batch_size"])}  # three epochs
-    frames = _dynamo_frames()
-    history = run_fit(s, pets, device, runtime, tmp, resident=True)["history"]
-    rate = statistics.median(r["images_per_s"] for r in history[1:])
-    m["a_finetune"] = {"images_per_s": rate, "source": "gpu_smoke: median epoch after the first"}
-    first = history[0]
-    extra = first["seconds"] - first["images_per_s"] * first["seconds"] / rate
-    out["compile_s"]["finetune"] = round(max(0.0, extra), 2) if compiled else 0.0
-    out["smoke"]["finetune"] = {"compiled": compiled, "frames_compiled": _dynamo_frames() - frames,
-                                "batch_size": s["batch_size"], "images_per_s": rate}
-    m["evaluate"] = bench_eval(cfg, device, {"finetune": pets}, seconds=sizes["seconds"], quick=quick)
-    records = write_images(tmp, sizes["jpegs"], (160, 120) if quick else (500, 375))
-    m["pack"] = bench_pack(cfg, records, tmp / "packed.h5", 36 if quick else cfg["data"]["pretrain"]["pack_size"],
-                           seconds=sizes["seconds"], quick=quick)
-    return s
+    return {**s, "compile": compiled, "iterations": 3 * (sizes["pets"] // s["batch_size"])}
+
+
+def finetune(cfg: dict, device: torch.device, sizes: dict, runtime: dict, tmp: Path, out: dict, s: dict,
+             save=lambda: None) -> None:
+    """The fine-tune step (a short fit on a pets-sized pack), evaluation and packing, briefly:
+    what the planner needs beside the pretraining rate."""
+    quick, m = out["quick"], out["measurements"]
+    pets = write_pack(tmp / "pets.h5", sizes["pets"], s["model"]["image_size"], masks=True, seed=1)
+
+    def fit_finetune() -> None:
+        frames = _dynamo_frames()
+        history = run_fit(s, pets, device, runtime, tmp, resident=True)["history"]
+        rate = statistics.median(r["images_per_s"] for r in history[1:])
+        m["a_finetune"] = {"images_per_s": rate, "source": "gpu_smoke: median epoch after the first"}
+        first = history[0]
+        extra = first["seconds"] - first["images_per_s"] * first["seconds"] / rate
+        out["compile_s"]["finetune"] = round(max(0.0, extra), 2) if s["compile"] else 0.0
+        out["smoke"]["finetune"] = {"compiled": s["compile"], "frames_compiled": _dynamo_frames() - frames,
+                                    "batch_size": s["batch_size"], "images_per_s": rate}
+
+    def pack() -> None:
+        records = write_images(tmp, sizes["jpegs"], (160, 120) if quick else (500, 375))
+        m["pack"] = bench_pack(cfg, records, tmp / "packed.h5", 36 if quick else cfg["data"]["pretrain"]["pack_size"],
+                               seconds=sizes["seconds"], quick=quick)
+
+    section(out, "finetune", save, fit_finetune)
+    section(out, "evaluate", save, lambda: m.__setitem__(
+        "evaluate", bench_eval(cfg, device, {"finetune": pets}, seconds=sizes["seconds"], quick=quick)))
+    section(out, "pack", save, pack)
 
 
 def render(out: dict) -> str:
-    smk, m = out["smoke"], out["measurements"]
-    att, syn = smk["attention"], smk["syncs"]
+    """The report; a section that failed says so (its error) where its line would be."""
+    smk, m, errors = out["smoke"], out["measurements"], out.get("errors", {})
+
+    def failed(name: str) -> str:
+        return f"FAILED ({errors[name]})" if name in errors else "not run"
+
     lines = [f"{PROG} on {out['device_name']}, torch {out['torch']}, {out['cpus']} CPUs"
-             + (" (--quick: tiny sizes, not figures)" if out["quick"] else ""),
-             f"fused attention: {'ok' if att['ok'] else 'NOT USED'} (timm fused_attn {att['timm_fused_attn']}, "
-             f"forced FLASH/EFFICIENT ran {att['forced_fused_ran']}, kernels {', '.join(att['kernels']) or 'none'})",
-             "host syncs per step: " + ("not counted off CUDA" if syn["per_step"] is None else
-                                        f"{syn['per_step']:.2f} over {syn['steps']} steps (target 0)")
-             + f"; recompiles in those steps: {syn['recompiles']}"]
-    lines += [f"  {n} x {k}" for k, n in syn.get("kinds", {}).items()]
+             + (" (--quick: tiny sizes, not figures)" if out["quick"] else "")]
+    att = smk.get("attention")
+    lines.append("fused attention: " + (failed("attention") if att is None else
+                 f"{'ok' if att['ok'] else 'NOT USED'} (timm fused_attn {att['timm_fused_attn']}, forced "
+                 f"FLASH/EFFICIENT ran {att['forced_fused_ran']}, kernels {', '.join(att['kernels']) or 'none'})"))
+    syn = smk.get("syncs")
+    lines.append("host syncs per step: " + (failed("syncs") if syn is None else
+                 ("not counted off CUDA" if syn["per_step"] is None else
+                  f"{syn['per_step']:.2f} over {syn['steps']} steps (target 0)")
+                 + f"; recompiles in those steps: {syn['recompiles']}"))
+    lines += [f"  {n} x {k}" for k, n in (syn or {}).get("kinds", {}).items()]
     lines.append(f"{'SimMIM pretraining':<24}{'batch':>7}{'img/s':>11}{'compiled':>10}{'frames':>8}{'breaks':>8}"
                  f"{'peak MB':>9}{'1st epoch +s':>13}")
-    for name, r in smk["pretrain"].items():
-        lines.append(f"  {name:<22}{r['batch_size']:>7}{r['images_per_s']:>11.0f}{str(r['compiled']):>10}"
+    for name in [*smk.get("pretrain", {}), *(e[len("pretrain_"):] for e in errors if e.startswith("pretrain_"))]:
+        r = smk.get("pretrain", {}).get(name)
+        lines.append(f"  {name:<22}" + (failed(f"pretrain_{name}") if r is None else
+                     f"{r['batch_size']:>7}{r['images_per_s']:>11.0f}{str(r['compiled']):>10}"
                      f"{r['frames_compiled']:>8}{r['graph_breaks']:>8}{r['peak_mb']:>9.0f}"
-                     f"{r['first_epoch_extra_s']:>13.1f}")
-    lines += [f"data path alone, resident {m['d_simmim']['images_per_s']:,.0f} img/s; streamed from HDF5 "
-              f"{m['s_simmim']['images_per_s']:,.0f} img/s (target >= 200,000 resident)",
-              f"fine-tune step {m['a_finetune']['images_per_s']:,.0f} img/s (batch {smk['finetune']['batch_size']}, "
-              f"compiled {smk['finetune']['compiled']}); evaluate {m['evaluate']['images_per_s']:,.0f} img/s; "
-              f"pack {m['pack']['images_per_s']:,.0f} img/s",
-              f"SimMIM {out['flops_per_image']['simmim'] / 1e9:.2f} GFLOP/image; CUDA init {out['cuda_init_s']:.1f} s; "
-              f"wall {out['wall_s']:.0f} s"]
+                     f"{r['first_epoch_extra_s']:>13.1f}"))
+
+    def rate(key: str, name: str) -> str:
+        return f"{m[key]['images_per_s']:,.0f} img/s" if key in m else failed(name)
+
+    lines += [f"data path alone, resident {rate('d_simmim', 'data_path')}; streamed from HDF5 "
+              f"{rate('s_simmim', 'data_path')} (target >= 200,000 resident)",
+              f"fine-tune step {rate('a_finetune', 'finetune')} (batch {out['settings']['finetune']['batch_size']}, "
+              f"compiled {out['settings']['finetune']['compile']}); evaluate {rate('evaluate', 'evaluate')}; "
+              f"pack {rate('pack', 'pack')}",
+              "SimMIM " + (f"{out['flops_per_image']['simmim'] / 1e9:.2f} GFLOP/image" if "simmim" in
+                           out["flops_per_image"] else f"FLOPs {failed('flops_simmim')}")
+              + f"; CUDA init {out['cuda_init_s']:.1f} s; wall {out['wall_s']:.0f} s"]
+    if errors:
+        lines.append(f"{len(errors)} section(s) FAILED: {', '.join(errors)} (tracebacks above; the JSON has the rest)")
     return "\n".join(lines)
 
 
 def cli(argv: list[str] | None = None) -> dict:
-    """`main`, with a problem in the input (no CUDA, flags) as one line on stderr and exit status 2."""
+    """`main`, with a problem in the input (no CUDA, flags) as one line on stderr and exit status 2,
+    and exit status 1 after the report when a section failed."""
     try:
-        return main(argv)
+        out = main(argv)
     except UserError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         sys.exit(2)
+    if out["errors"]:  # measured what it could; the failures are in the report and the JSON
+        sys.exit(1)
+    return out
 
 
 if __name__ == "__main__":
