@@ -68,3 +68,20 @@ def test_a_failing_section_is_reported_and_the_others_still_run(tmp_path, capsys
     printed = capsys.readouterr()
     assert "host syncs per step: FAILED (RuntimeError: set_sync_debug_mode: simulated failure)" in printed.out
     assert "1 section(s) FAILED: syncs" in printed.out and "Traceback" in printed.err
+
+
+def test_the_prepared_gpu_check_runs_the_smoke_test_then_the_planner(tmp_path):
+    """tools/gpu_check.sh is what a session lent a GPU runs first, with minutes to spare: it must
+    work from a bare checkout with the machine's python, and bring back the JSON and the plan."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(ROOT / "tools" / "gpu_check.sh"), "--device", "cpu", "--quick"], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert {p.name for p in tmp_path.iterdir()} == {"versions.txt", "gpu_smoke.json", "gpu_smoke.log", "plan.txt"}
+    assert json.loads((tmp_path / "gpu_smoke.json").read_text())["errors"] == {}
+    assert "predicted whole-grid efficiency" in (tmp_path / "plan.txt").read_text()
+    assert "smoke test exit status 0" in done.stdout
