@@ -2,16 +2,28 @@
 # The GPU checks of issue 13 as one command, for a lent GPU machine (one short run; BENCHMARKS.md,
 # "GPU smoke test"): the smoke test, then the planner on what it measured. Results go to $OUT
 # (the device tool's folder that comes back), else ./gpu-check. Runs with the machine's own
-# python3 and torch (no install: such machines reach no package registry); any arguments go to
-# the smoke test, so `tools/gpu_check.sh --device cpu --quick` checks this script on a CPU.
+# python3 and torch (such machines reach no package registry), plus the wheels tools/gpu_wheels.sh
+# fetched into .whl/ (carry it); any arguments go to the smoke test, so
+# `tools/gpu_check.sh --device cpu --quick` checks this script on a CPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-check}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
-"$py" -c 'import sys, torch, timm, h5py; print("python", sys.version.split()[0], "torch", torch.__version__, "timm", timm.__version__,
-           "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())' 2>&1 | tee "$out/versions.txt"
+wheels=${SSLSEG_WHEELS:-.whl}  # from tools/gpu_wheels.sh, carried along: what the machine's image lacks
+if [ -d "$wheels" ]; then
+  site=${TMPDIR:-/tmp}/sslseg-site
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl \
+    || { echo "gpu_check: installing $wheels/*.whl failed" >&2; exit 3; }
+  export PYTHONPATH="$site:$PYTHONPATH"
+fi
+# before any GPU time goes to the smoke test: the versions, and that sslseg's config loads here
+"$py" -c 'import sys, torch, timm, h5py, jsonschema; from importlib.metadata import version
+print("python", sys.version.split()[0], "torch", torch.__version__, "timm", timm.__version__,
+      "jsonschema", version("jsonschema"), "cuda", torch.cuda.is_available() and torch.cuda.get_device_name())
+from sslseg.config import load_config; load_config("config.yaml"); print("config.yaml loads")' 2>&1 | tee "$out/versions.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "gpu_check: the preflight failed (above); run tools/gpu_wheels.sh here and carry .whl" >&2; exit 3; }
 # 480 s: the smoke test's own budget is <= 8 minutes; it saves its JSON after every check, so a
 # cut-off run still brings back what it measured
 timeout 480 "$py" -m sslseg.bench.gpu_smoke --json "$out/gpu_smoke.json" "$@" 2>&1 | tee "$out/gpu_smoke.log"
