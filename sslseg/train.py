@@ -66,6 +66,14 @@ def use_compile(setting: str | bool, device: torch.device, image_steps: int,
     return bool(setting)
 
 
+def compile_step(objective: torch.nn.Module) -> torch.nn.Module:
+    """The objective compiled as every compiled job runs it. Static shapes: the one short batch
+    of an epoch (drop_last false: the intermediate step, fine-tunes) gets a second graph of its
+    own, and the full batches keep theirs; by default that second shape would recompile into
+    one dynamic-shape graph, slower for every batch after it."""
+    return torch.compile(objective, dynamic=False)
+
+
 def autocast(setting: str, device: torch.device):
     """`auto`: bf16 on CUDA; fp32 on CPU, where bf16 autocast measured slower."""
     if setting == "bf16" or (setting == "auto" and device.type == "cuda"):
@@ -104,6 +112,9 @@ def train_step(step_fn: Callable, opt: torch.optim.Optimizer, batch: dict, gen: 
     batch's device (`make_generator`), or None for the global RNG; a CPU generator with a CUDA
     batch is an error, not a silent host draw. tests/test_host_syncs.py checks, on the meta
     device, that it and the transform keep every tensor on the batch's device."""
+    draw = getattr(step_fn, "draw", None)  # (a compiled module hands attributes to its own, uncompiled)
+    if draw is not None:  # the objective's random inputs (masks, noise) drawn outside the compiled
+        batch = draw(batch, gen)  # forward: a generator argument would break it into several graphs
     with autocast(amp, device):
         loss, _ = step_fn(batch, gen)
     opt.zero_grad(set_to_none=True)
@@ -162,7 +173,7 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     # so its numbers do not depend on where it was stopped (a compiled step's rounding differs)
     if use_compile(settings["compile"], device, budget * batches.batch_size,
                    settings.get("compile_min_image_steps", COMPILE_MIN_IMAGE_STEPS)):
-        step_fn = torch.compile(objective)
+        step_fn = compile_step(objective)
     log_every = runtime["log_every"]
     seen_total, time_total, startup_cpu = 0, 0.0, None
     # one generator for the job, reseeded every epoch (the same draws as a new one each epoch): a

@@ -130,3 +130,32 @@ def test_make_generator_is_the_loops_cpu_generator_on_cpu_and_none_on_meta():
     gen = make_generator(torch.device("cpu"), 7)
     assert torch.equal(torch.rand(5, generator=gen), torch.rand(5, generator=torch.Generator().manual_seed(7)))
     assert make_generator(META, 7) is None  # no generators there: draws fall back to the global RNG
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_compiled_step_is_one_graph_with_the_loops_generator(name):
+    """torch.compile cannot trace a draw that takes a generator: it would break the step into
+    several graphs (each break a host round trip of Python between them). The objective's draws
+    (masks, noise) are made by its `draw`, outside the compiled forward (sslseg.train.train_step),
+    so the compiled step is one graph, and a second step compiles nothing more. On the CPU with a
+    recording backend: dynamo's tracing is the same for every device."""
+    from torch._dynamo.utils import counters
+
+    settings, label, aug = CASES[name]
+    torch.manual_seed(0)
+    objective = build_objective(name.split("_")[0], settings).train()
+    cpu = torch.device("cpu")
+    opt = make_optimizer(objective, OPTIM, cpu)
+    transform, gen = make_transform(aug, VINY["image_size"], label), make_generator(cpu, 0)
+    graphs = []
+    torch._dynamo.reset()
+    counters.clear()
+    step_fn = torch.compile(objective, dynamic=False, backend=lambda gm, _: graphs.append(gm) or gm.forward)
+    raw = {k: v.zero_() for k, v in raw_batch(cpu).items()}
+    raw["images"].random_(0, 256, generator=torch.Generator().manual_seed(0)), raw["aspect"].fill_(1.0)
+    for _ in range(2):
+        train_step(step_fn, opt, transform(raw, gen), gen, "none", cpu)
+    breaks = dict(counters["graph_break"])
+    torch._dynamo.reset()
+    assert breaks == {}, f"{name}: graph breaks {list(breaks)[:2]}"
+    assert len(graphs) == 1, f"{name}: {len(graphs)} graphs"

@@ -199,6 +199,34 @@ def test_a_stream_holds_two_blocks_at_most(tmp_path, monkeypatch):
     assert most[0] == 2
 
 
+def test_a_cuda_job_gathers_host_rows_into_pinned_memory(tmp_path, monkeypatch):
+    """From pageable memory a copy to the GPU waits for the queued steps, so the host could never
+    run ahead: every batch of a CUDA job whose rows are in host memory (streamed, or a subset too
+    large for the GPU) is gathered into pinned memory. The batches are the CPU job's."""
+    monkeypatch.setattr(loader, "MIN_BLOCK_ROWS", 32)
+    monkeypatch.setattr(loader, "BLOCK_BATCHES", 1)
+    pack = write_pack(tmp_path / "p.h5", 200)
+    pinned = []
+    real_empty = torch.empty
+
+    def empty(*a, pin_memory=False, **k):  # (no CUDA here to pin with: record the request)
+        pinned.append(pin_memory)
+        return real_empty(*a, **k)
+
+    cuda = torch.device("cuda")
+    for rows in (np.arange(10, 150), np.arange(0, 200, 3)):  # streamed; a subset held on the host
+        monkeypatch.setattr(loader.torch, "empty", real_empty)
+        on_cpu = list(Batches(pack, rows, 4, CPU, ("images", "masks"), 1e-9).epoch(3))
+        job = Batches(pack, rows, 4, cuda, ("images", "masks"), 1e-9, gpu_memory_gb=1e-9)
+        assert job.streamed == (rows[1] - rows[0] == 1) and all(v.device == CPU for v in job.arrays.values())
+        monkeypatch.setattr(job, "_to_device", lambda batch: batch)
+        monkeypatch.setattr(loader.torch, "empty", empty)
+        pinned.clear()
+        on_cuda = list(job.epoch(3))
+        assert pinned and all(pinned)
+        assert len(on_cpu) == len(on_cuda) and all(torch.equal(x[k], y[k]) for x, y in zip(on_cpu, on_cuda) for k in x)
+
+
 def test_a_budget_ending_mid_epoch_stops_the_reader_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(loader, "MIN_BLOCK_ROWS", 32)
     monkeypatch.setattr(loader, "BLOCK_BATCHES", 1)
@@ -312,6 +340,30 @@ def test_a_resumed_job_decides_on_its_whole_length_as_its_first_start_did(tmp_pa
     monkeypatch.setattr(cls, "step", real)
     train(tmp_path, s, tag="cut")
     assert asked == [3 * 3 * 4, 3 * 3 * 4]
+
+
+def test_a_short_last_batch_gets_a_static_graph_of_its_own(tmp_path, monkeypatch):
+    """drop_last false (the intermediate step, fine-tunes): the epoch's short last batch must not
+    turn the compiled step into one dynamic-shape graph, slower for every batch after it."""
+    from test_engine import make_pack
+
+    from sslseg.train import fit
+
+    shapes = []  # per compiled graph: whether any input size is symbolic
+
+    def recording(gm, example_inputs):
+        shapes.append(any(isinstance(t, torch.SymInt) for t in example_inputs))  # a dynamic size is an input
+        return gm.forward
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **k: real(model, **{**k, "backend": recording}))
+    torch._dynamo.reset()
+    batches = Batches(make_pack(tmp_path / "pack.h5"), None, 5, CPU, ("images", "masks"), drop_last=False)
+    s = settings_for(compile=True, epochs=2, batch_size=5, drop_last=False)  # 12 images: 5, 5, 2 a epoch
+    fit(Toy(), batches, transform, s, runtime=RUNTIME, name="finetune", resume_path=tmp_path / "r",
+        log_path=tmp_path / "log.csv")
+    torch._dynamo.reset()
+    assert len(shapes) >= 2 and not any(shapes)
 
 
 def test_the_compile_cache_is_one_folder_per_results_folder(tmp_path):

@@ -2,7 +2,7 @@
 
 One command (≤ 8 minutes on one H100-class GPU) that checks, on synthetic packs:
   attention   the fused SDPA kernel is enabled and ViNy's attention runs on it (forced to
-              FLASH/EFFICIENT with `sdpa_kernel`; the kernels a profiler saw);
+              FLASH/EFFICIENT/cuDNN with `sdpa_kernel`; the kernels a profiler saw);
   syncs       host↔device syncs per training step between log points, counted by
               `torch.cuda.set_sync_debug_mode("warn")` over N steps of the real
               `train.train_step` on the real `Batches` + `make_transform` (target: 0);
@@ -45,7 +45,7 @@ from sslseg.data.augment import make_transform
 from sslseg.io import UserError
 from sslseg.objectives import build_objective
 from sslseg.optim import lr_at, make_optimizer, scale_for_device
-from sslseg.train import autocast, fit, make_generator, train_step, use_compile
+from sslseg.train import autocast, compile_step, fit, make_generator, train_step, use_compile
 
 ROOT = Path(__file__).resolve().parents[2]
 PROG = "python -m sslseg.bench.gpu_smoke"
@@ -103,9 +103,11 @@ def write_pack(path: Path, rows: int, size: int, masks: bool, seed: int = 0) -> 
 
 def check_attention(s: dict, device: torch.device) -> dict:
     """Whether ViNy's attention runs on a fused SDPA kernel: timm's switch, torch's switches, a
-    forward forced onto FLASH/EFFICIENT (raises if neither can run it), and the kernels seen."""
+    forward forced onto FLASH/EFFICIENT/cuDNN (raises if none can run it), and the kernels seen."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.profiler import ProfilerActivity, profile
+
+    FUSED = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION]
 
     model = build_objective(s["objective"], s).to(device).eval()
     x = {"images": torch.randn(8, 3, s["model"]["image_size"], s["model"]["image_size"], device=device)}
@@ -116,7 +118,7 @@ def check_attention(s: dict, device: torch.device) -> dict:
            "timm_fused_attn": bool(blocks) and all(m.fused_attn for m in blocks), "forced_fused_ran": False}
     with torch.no_grad(), autocast("auto" if device.type == "cuda" else "none", device):
         try:
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+            with sdpa_kernel(FUSED):
                 model(x, gen)
             out["forced_fused_ran"] = True
         except RuntimeError as e:  # "No available kernel": the model would fall back to the math path
@@ -125,7 +127,9 @@ def check_attention(s: dict, device: torch.device) -> dict:
         with profile(activities=activities) as prof:
             model(x, gen)
     names = {e.key for e in prof.key_averages()}
-    out["kernels"] = sorted(n for n in names if any(k in n.lower() for k in ("flash", "efficient_attention", "fmha")))
+    # (on Hopper, torch may prefer cuDNN's fused attention: aten::_scaled_dot_product_cudnn_attention)
+    out["kernels"] = sorted(n for n in names if any(k in n.lower() for k in ("flash", "efficient_attention", "fmha",
+                                                                           "cudnn_attention")))
     out["ok"] = out["timm_fused_attn"] and out["forced_fused_ran"] and bool(out["kernels"])
     return out
 
@@ -136,7 +140,7 @@ def count_syncs(s: dict, pack: Path, device: torch.device, steps: int, compiled:
 
     torch.manual_seed(0)
     objective = build_objective(s["objective"], s).to(device).train()
-    step_fn = torch.compile(objective) if compiled else objective
+    step_fn = compile_step(objective) if compiled else objective
     opt = make_optimizer(objective, s, device)
     batches = make_batches(pack, s["batch_size"], device, ("images", "aspect"), resident=True)
     transform, gen = make_transform(s["augment"], s["model"]["image_size"], None), make_generator(device, 0)
@@ -393,7 +397,7 @@ def render(out: dict) -> str:
     att = smk.get("attention")
     lines.append("fused attention: " + (failed("attention") if att is None else
                  f"{'ok' if att['ok'] else 'NOT USED'} (timm fused_attn {att['timm_fused_attn']}, forced "
-                 f"FLASH/EFFICIENT ran {att['forced_fused_ran']}, kernels {', '.join(att['kernels']) or 'none'})"))
+                 f"FLASH/EFFICIENT/cuDNN ran {att['forced_fused_ran']}, kernels {', '.join(att['kernels']) or 'none'})"))
     syn = smk.get("syncs")
     lines.append("host syncs per step: " + (failed("syncs") if syn is None else
                  ("not counted off CUDA" if syn["per_step"] is None else

@@ -88,7 +88,7 @@ def user_loop(task: str, s: dict, device: torch.device, data: dict, compiled: bo
         root = root / f"resized-{task}"
         records = pre_resize(records, root, data["sizes"][task])
     loader = user_loader(task, records, root, s, device, how.workers)
-    return loader, torch.compile(base) if how.compile else base, opt, how
+    return loader, compile_step(base) if how.compile else base, opt, how
 
 
 def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, seconds: float, rounds: int,
@@ -105,11 +105,11 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, second
     objective = build_objective(s["objective"], s).to(device).train()
     opt = make_optimizer(objective, s, device)
     compiled = not quick and use_compile(s["compile"], device, _longest_job(cfg, task, s), s["compile_min_image_steps"])
-    step_fn = torch.compile(objective) if compiled else objective
+    step_fn = compile_step(objective) if compiled else objective
     label = "masks" if task == "finetune" else None
     bs, amp, log_every = s["batch_size"], s["amp"], runtime["log_every"]
     keys = ("images", "aspect") + ((label,) if label else ())  # as the training stage reads them
-    batches = Batches(data[task], None, bs, device, keys, runtime["memory_gb"])
+    batches = Batches(data[task], None, bs, device, keys, runtime["memory_gb"], gpu_memory_gb=runtime["gpu_memory_gb"])
     transform, gen = make_transform(s["augment"], s["model"]["image_size"], label), make_generator(device, 0)
     raws = _forever(batches)
     fixed = transform(next(raws), gen)
@@ -146,7 +146,8 @@ def bench_task(task: str, cfg: dict, device: torch.device, data: dict, *, second
             step()
     steps: dict[str, Callable[[], int]] = {"a": a, "b": b, "c": c, "d": d}
     if task == "simmim":  # large pretraining packs (> runtime.memory_gb) are streamed from HDF5 instead
-        streamed = _forever(Batches(data[task], None, bs, device, ("images",), memory_gb=0))
+        # both budgets 0: on CUDA a gpu_memory_gb of null would hold the pack on the GPU instead
+        streamed = _forever(Batches(data[task], None, bs, device, ("images",), memory_gb=0, gpu_memory_gb=0))
         steps["s"] = lambda: (transform(next(streamed), gen), bs)[1]
         steps["s"]()
     if compiled:  # the same step uncompiled: whether compiling pays on this device (train.use_compile)

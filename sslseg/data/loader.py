@@ -198,6 +198,17 @@ class Batches:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _gather(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Rows `idx` of `v`, as a new tensor. For a CUDA job from rows in host memory, gathered
+        into pinned memory: a copy from pageable memory waits for the GPU's queued work before it
+        starts, so the host could never run a step ahead; from pinned memory it does not, and
+        PyTorch's pinned-memory cache keeps the block until its copy is done. (A batch is MBs;
+        the 4 GB blocks themselves stay pageable, `_read_blocks`.)"""
+        if self.device.type == "cuda" and v.device.type == "cpu":
+            return torch.index_select(v, 0, idx, out=torch.empty((len(idx), *v.shape[1:]), dtype=v.dtype,
+                                                                 pin_memory=True))
+        return v[idx]
+
     def epoch(self, seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """One pass; shuffled with `seed`, in row order when `seed` is None."""
         if self.streamed:
@@ -209,7 +220,7 @@ class Batches:
         order = self.order(seed).to(rows_at)
         for i in range(len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            yield self._to_device({k: v[idx] for k, v in self.arrays.items()})
+            yield self._to_device({k: self._gather(v, idx) for k, v in self.arrays.items()})
 
     def _read_blocks(self, seed: int | None) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor]]:
         """Each block of the epoch's order as one HDF5 slice, as read, with its permutation. Not
@@ -233,7 +244,7 @@ class Batches:
         with closing(prefetch(self._read_blocks(seed))) as blocks:
             for block, perm in blocks:  # (the previous block is freed here, as the next one is read)
                 def rows(lo: int, hi: int, block=block, perm=perm) -> dict[str, torch.Tensor]:
-                    return {k: v[perm[lo:hi]] for k, v in block.items()}  # a copy: holds nothing of the block
+                    return {k: self._gather(v, perm[lo:hi]) for k, v in block.items()}  # a copy: holds nothing of the block
                 n, i = len(perm), 0
                 if carry:
                     need = b - len(next(iter(carry.values())))

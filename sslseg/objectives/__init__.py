@@ -5,8 +5,10 @@ A module there provides `build(settings: dict) -> nn.Module` (the module's
 (True for a self-supervised pretraining objective). Optional literal constants the workflow
 reads from the source: `NEEDS_MASK` (masks patches: ViTs only), `DECODER` (pretrains a
 decoder, so its pretraining depends on the decoder width), `FREEZE` (parameter-name prefixes
-it never trains) and `INIT` (the settings key naming the checkpoint it starts from). Adding a file is all it
-takes: there is no table to edit. This file imports only the standard library,
+it never trains) and `INIT` (the settings key naming the checkpoint it starts from). An optional
+method `draw(batch, gen) -> batch` adds the forward's random inputs (masks, noise) to the batch
+first: sslseg.train.train_step calls it outside a compiled step, which a draw taking a
+generator would split into several graphs. Adding a file is all it takes: there is no table to edit. This file imports only the standard library,
 so the workflow can list objectives without torch.
 """
 

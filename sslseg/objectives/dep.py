@@ -54,21 +54,35 @@ class DeP(nn.Module):
         self.gamma = 1.0 / (1.0 + sigma**2)  # eq. 5
         self.gamma_range = tuple(float(g) for g in gamma_range)
 
-    def noise_levels(self, b: int, device: torch.device, gen: torch.Generator | None = None) -> torch.Tensor:
-        """γ per image (B,): the fixed 1/(1+σ²), or U(a, b) drawn on `device` (from `gen`, else
-        the global RNG) when a range is set."""
+    def noise_levels(self, b: int, device: torch.device, gen: torch.Generator | None = None,
+                     u: torch.Tensor | None = None) -> torch.Tensor:
+        """γ per image (B,): the fixed 1/(1+σ²), or U(a, b) when a range is set: from `u` (B,)
+        uniform, else drawn on `device` (from `gen`, else the global RNG)."""
         if not self.gamma_range:
             return torch.full((b,), self.gamma, device=device)
         lo, hi = self.gamma_range
-        return lo + (hi - lo) * torch.rand(b, generator=gen, device=device)
+        return lo + (hi - lo) * (torch.rand(b, generator=gen, device=device) if u is None else u)
+
+    def draw(self, batch: dict, gen: torch.Generator | None = None) -> dict:
+        """The batch with the step's random inputs added, drawn outside a compiled step
+        (sslseg.train.train_step; a generator argument breaks its graph), in the forward's order:
+        "gamma_u" (B,) uniform when γ has a range, then "noise" ε."""
+        x = batch["images"]
+        out = dict(batch)
+        if self.gamma_range:
+            out["gamma_u"] = torch.rand(x.shape[0], generator=gen, device=x.device)
+        out["noise"] = draw_noise(x.shape, x.device, gen)
+        return out
 
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """batch["images"]: normalised (B, 3, H, W). Returns MSE(pred, ε) (eq. 6) and
-        {"pred": predicted noise, "noisy": x̃, "noise": ε, "denoised": the clean-image estimate
-        (x̃ − √(1−γ)·pred)/√γ, "gamma": (B,)}, all (B, 3, H, W) but gamma."""
+        """batch["images"]: normalised (B, 3, H, W), with `draw`'s "gamma_u" and "noise" if drawn
+        already. Returns MSE(pred, ε) (eq. 6) and {"pred": predicted noise, "noisy": x̃, "noise": ε,
+        "denoised": the clean-image estimate (x̃ − √(1−γ)·pred)/√γ, "gamma": (B,)}, all
+        (B, 3, H, W) but gamma."""
         x = batch["images"]
-        gamma = self.noise_levels(x.shape[0], x.device, gen)  # drawn before ε: fixed γ draws nothing
-        noise = draw_noise(x.shape, x.device, gen).to(x.dtype)
+        gamma = self.noise_levels(x.shape[0], x.device, gen, batch.get("gamma_u"))  # before ε: fixed γ draws nothing
+        noise = batch["noise"] if "noise" in batch else draw_noise(x.shape, x.device, gen)
+        noise = noise.to(x.dtype)
         g = gamma.view(-1, 1, 1, 1).to(x.dtype)
         noisy = g.sqrt() * x + (1 - g).sqrt() * noise  # eq. 5
         pred = self.decoder.decode(self.backbone, noisy)

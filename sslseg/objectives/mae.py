@@ -62,14 +62,15 @@ def decoder_settings(settings: dict) -> dict:
     return d
 
 
-def random_masking(b: int, n: int, ratio: float, device: torch.device,
-                   gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(b: int, n: int, ratio: float, device: torch.device, gen: torch.Generator | None = None,
+                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """MAE's per-sample random masking: keep the round((1 - ratio)·N) patches with the smallest
     noise. Returns mask (B, N) bool (True = removed) and ids_restore (B, N): the position of each
-    patch in the shuffled order (visible first). Noise is drawn on `device`, from `gen` (a
-    generator there: sslseg.train.make_generator) or its global RNG: no host copy."""
+    patch in the shuffled order (visible first). `noise` (B, N) uniform, else drawn on `device`,
+    from `gen` (a generator there: sslseg.train.make_generator) or its global RNG: no host copy."""
     keep = int(round((1 - ratio) * n))
-    noise = torch.rand(b, n, generator=gen, device=device)
+    if noise is None:
+        noise = torch.rand(b, n, generator=gen, device=device)
     ids_restore = noise.argsort(dim=1).argsort(dim=1)
     return ids_restore >= keep, ids_restore
 
@@ -147,16 +148,26 @@ class MAE(nn.Module):
         x = torch.cat([x[:, :1], patches], dim=1) + self.decoder_pos_embed
         return self.decoder_pred(self.decoder_norm(self.decoder_blocks(x)))[:, 1:]
 
+    def draw(self, batch: dict, gen: torch.Generator | None = None) -> dict:
+        """The batch with the step's random input added ("mask_noise", unless it has a "mask"),
+        drawn outside a compiled step (sslseg.train.train_step; a generator argument breaks its
+        graph): the same draw the forward would make."""
+        if "mask" in batch:
+            return batch
+        images = batch["images"]
+        noise = torch.rand(images.shape[0], self.grid[0] * self.grid[1], generator=gen, device=images.device)
+        return {**batch, "mask_noise": noise}
+
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """batch["images"]: normalised (B, 3, H, W); optional batch["mask"] (B, N) bool, the same
-        count in every sample. Returns the masked-patch MSE, and {"pred": (B, 3, H, W) in the
+        count in every sample, or batch["mask_noise"] (B, N) from `draw`. Returns the masked-patch MSE, and {"pred": (B, 3, H, W) in the
         normalised image space (per-patch un-normalised with the true patch's mean and std
         under norm_pix_loss, as MAE's visualisation does), "mask": (B, N) bool}."""
         images = batch["images"]
         b, n = images.shape[0], self.grid[0] * self.grid[1]
         mask = batch.get("mask")
         if mask is None:
-            mask, ids_restore = random_masking(b, n, self.mask_ratio, images.device, gen)
+            mask, ids_restore = random_masking(b, n, self.mask_ratio, images.device, gen, batch.get("mask_noise"))
             keep = int(round((1 - self.mask_ratio) * n))
         else:
             ids_restore, keep = masking_of(mask)

@@ -20,11 +20,14 @@ def build(settings: dict) -> SimMIM:
     return SimMIM(settings["model"], settings["mask_ratio"])
 
 
-def random_mask(b: int, n: int, ratio: float, device: torch.device, gen: torch.Generator | None = None) -> torch.Tensor:
-    """(B, N) bool, exactly round(ratio * N) patches masked in every sample. Drawn on `device`,
-    from `gen` (a generator there: sslseg.train.make_generator) or its global RNG: no host copy."""
+def random_mask(b: int, n: int, ratio: float, device: torch.device, gen: torch.Generator | None = None,
+                noise: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N) bool, exactly round(ratio * N) patches masked in every sample: the smallest of
+    `noise` (B, N) uniform, else drawn on `device` from `gen` (a generator there:
+    sslseg.train.make_generator) or its global RNG: no host copy."""
     k = int(round(ratio * n))
-    noise = torch.rand(b, n, generator=gen, device=device)
+    if noise is None:
+        noise = torch.rand(b, n, generator=gen, device=device)
     ranks = noise.argsort(dim=1).argsort(dim=1)
     return ranks < k
 
@@ -41,14 +44,26 @@ class SimMIM(nn.Module):
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.head = PixelHead(self.backbone.num_features, self.patch_size, 3)
 
+    def draw(self, batch: dict, gen: torch.Generator | None = None) -> dict:
+        """The batch with the step's random input added ("mask_noise", unless it has a "mask"),
+        drawn before the forward: sslseg.train.train_step calls this outside a compiled step,
+        which a generator argument would break into several graphs. The same draws, in the same
+        order, as the forward would make."""
+        if "mask" in batch:
+            return batch
+        images = batch["images"]
+        n = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size)
+        return {**batch, "mask_noise": torch.rand(images.shape[0], n, generator=gen, device=images.device)}
+
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """batch["images"]: normalised (B, 3, H, W); optional batch["mask"] (B, N) bool.
-        Returns L1 over masked patches, and {"pred": (B, 3, H, W), "mask": (B, N) bool}."""
+        """batch["images"]: normalised (B, 3, H, W); optional batch["mask"] (B, N) bool, or
+        batch["mask_noise"] (B, N) from `draw`. Returns L1 over masked patches, and
+        {"pred": (B, 3, H, W), "mask": (B, N) bool}."""
         images = batch["images"]
         n = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size)
         mask = batch.get("mask")
         if mask is None:
-            mask = random_mask(images.shape[0], n, self.mask_ratio, images.device, gen)
+            mask = random_mask(images.shape[0], n, self.mask_ratio, images.device, gen, batch.get("mask_noise"))
         pred = self.head(self.backbone.forward_maps(images, mask, self.mask_token))
         err = F.l1_loss(patchify(pred, self.patch_size), patchify(images, self.patch_size), reduction="none")
         m = mask.unsqueeze(-1).to(err.dtype)
