@@ -41,7 +41,7 @@ import time
 from collections.abc import MutableMapping
 from typing import TextIO
 
-from sslseg.userdir import private_dir
+from sslseg.userdir import private_dir, private_path
 
 SLOTS = 12  # per device; every allowed gpu_share divides it, so a device holds exactly `share` jobs of a rule
 SHARES = (1, 2, 3, 4, 6, 12)  # the schema's enum for resources.<rule>.gpu_share
@@ -166,15 +166,18 @@ def claim(command: str, environ: MutableMapping[str, str] = os.environ, poll_s: 
     listed = devices(environ) if need else []
     if not listed:
         return None
+    chosen = environ.get("SSLSEG_GPU_LOCKS")
+    lock_dir = chosen or os.path.join(private_path(LOCK_BASE), "gpus")
     start = said = time.monotonic()
     first = True
     while True:
         try:
-            lock_dir = environ.get("SSLSEG_GPU_LOCKS") or os.path.join(private_dir(LOCK_BASE), "gpus")
+            if not chosen:
+                private_dir(LOCK_BASE)
             device, fds, free = try_acquire(lock_dir, listed, need, f"{os.getpid()} {command}")
         except OSError as e:  # NotPrivate included
-            raise SystemExit(f"sslseg: error: GPU lock folder (SSLSEG_GPU_LOCKS): {e}; "
-                             "or set SSLSEG_GPU_LOCKS to a folder of your own") from None
+            fix = "fix it, or unset SSLSEG_GPU_LOCKS" if chosen else "or set SSLSEG_GPU_LOCKS to a folder of your own"
+            raise SystemExit(f"sslseg: error: GPU lock folder {lock_dir}: {e}; {fix}") from None
         if device is not None:
             break
         if first or time.monotonic() - said >= SAY_EVERY_S:

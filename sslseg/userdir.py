@@ -22,11 +22,25 @@ class NotPrivate(OSError):
     """The folder exists but is not safely this user's."""
 
 
+def private_path(base: str) -> str:
+    """Where `private_dir(base)` is: `base`/sslseg-<uid>."""
+    return os.path.join(base, f"sslseg-{os.getuid()}")
+
+
 def private_dir(base: str) -> str:
     """`base`/sslseg-<uid>, created if missing, checked to be this user's alone."""
-    path = os.path.join(base, f"sslseg-{os.getuid()}")
+    path = private_path(base)
+    top = os.stat(base)  # (the folder it is in: whoever can rename entries there can swap ours)
+    if top.st_uid not in (0, os.getuid()):
+        raise NotPrivate(f"{base} belongs to user id {top.st_uid}, who could replace folders in it; "
+                         "use a temporary folder of your own or a system one")
+    if top.st_mode & 0o022 and not top.st_mode & stat.S_ISVTX:
+        raise NotPrivate(f"{base} can be written by other users and lacks the sticky bit (mode "
+                         f"{stat.S_IMODE(top.st_mode):o}), so they could replace folders in it; "
+                         "use a temporary folder of your own or a system one")
     try:
         os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # (mkdir's mode passes through the umask)
     except FileExistsError:
         pass
     st = os.lstat(path)

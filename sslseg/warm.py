@@ -13,8 +13,9 @@ dies by the child's signal), forwards SIGTERM/SIGINT/SIGHUP to it, and if the cl
 killed outright the server kills the child (SIGKILL, as the job's own process would have
 died). The server starts on the first job (that job runs without it), serves one user, one
 interpreter and one checkout (the socket's name is a hash of them, in a folder of the user's
-own, sslseg.userdir; the peer's user id is checked both ways), takes no new job once a module it imported has changed on disk (that job
-runs cold, the next one starts a fresh server; running jobs finish), and exits after IDLE_S seconds without jobs. Linux only; not under
+own, sslseg.userdir; the peer's user id is checked both ways), takes no new job once a module
+it imported has changed on disk (that job runs cold, the next one starts a fresh server;
+running jobs finish), and exits after IDLE_S seconds without jobs. Linux only; not under
 SLURM (a job per allocation: nothing to share), nor when SSLSEG_RUNTIME is not set (a stage
 run by hand).
 
@@ -46,6 +47,7 @@ IDLE_S = 30.0  # a server with no job for this long exits: a workflow starts its
 # and an idle server holds ~0.5 GB
 REPLY_TIMEOUT_S = 30.0  # a server that does not fork within this is given up on (the job runs cold)
 PACKAGE = Path(__file__).resolve().parent
+SUN_PATH_MAX = 107  # Linux: sockaddr_un.sun_path is 108 bytes, with its terminating NUL
 
 
 def socket_path(folder: str | None = None) -> str:
@@ -56,7 +58,11 @@ def socket_path(folder: str | None = None) -> str:
     # sys.prefix too: two venvs on one base interpreter share its real executable, not their packages
     key = hashlib.sha256(f"{os.path.realpath(sys.executable)}\0{sys.prefix}\0{PACKAGE}\0{sys.version}"
                          .encode()).hexdigest()[:16]
-    return os.path.join(private_dir(folder or tempfile.gettempdir()), f"warm-{key}.sock")
+    path = os.path.join(private_dir(folder or tempfile.gettempdir()), f"warm-{key}.sock")
+    if len(os.fsencode(path)) > SUN_PATH_MAX:
+        raise OSError(f"{path} is longer than a Unix socket's path may be ({SUN_PATH_MAX} bytes); "
+                      "set TMPDIR to a shorter folder")
+    return path
 
 
 def wanted(environ: dict | None = None) -> bool:
@@ -177,6 +183,17 @@ def server_pids(log: str | Path) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(m) for m in re.findall(r"^warm: serving .* \(pid (\d+),", text, re.M)]
+
+
+def stop_servers(log: str | Path) -> None:
+    """SIGTERM the servers of a socket's log that still run (`server_pids`; a pid now held by
+    another program, reused since, is left alone): the benchmark and the tests stop theirs."""
+    for pid in server_pids(log):
+        try:
+            if b"sslseg.warm" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.kill(pid, signal.SIGTERM)
+        except (OSError, ProcessLookupError):
+            pass
 
 
 def start_server(path: str) -> None:

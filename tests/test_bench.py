@@ -280,3 +280,30 @@ def test_efficiency_refuses_a_folder_without_training(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli(["--efficiency", str(tmp_path)])
     assert exit_.value.code == 2 and "no training log.csv" in capsys.readouterr().err
+
+
+def test_a_compiled_task_runs_its_compiled_step(tmp_path, monkeypatch):
+    """The compiled paths of the benchmark (a, and b with a's compile setting), which a CPU run
+    never takes on `auto`: forced on with `train.compile: true`, dynamo's eager backend standing
+    in for inductor (minutes on 2 cores). Once they named a function they never imported."""
+    import torch
+
+    from sslseg.bench import tasks
+    from sslseg.bench.data import write_images
+    from sslseg.data.pack import pack
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **k: real(model, **{**k, "backend": "eager"}))
+    cfg = load_config(ROOT / "config.yaml", TINY)
+    cfg["train"]["compile"] = True
+    device = torch.device("cpu")
+    s = tasks.task_settings(cfg, "finetune", device)
+    records = write_images(tmp_path, s["batch_size"], (160, 120))
+    size = s["model"]["image_size"]
+    pack(records, tmp_path / "pets.h5", size, cfg["data"]["pets"]["resize"], 1)
+    data = {"finetune": tmp_path / "pets.h5", "records": records, "root": tmp_path, "sizes": {"finetune": size}}
+    torch._dynamo.reset()
+    r = tasks.bench_task("finetune", cfg, device, data, seconds=0.05, rounds=1, warmup=1, quick=False)
+    torch._dynamo.reset()
+    assert r["settings"]["compile"] is True
+    assert {"a", "b", "c", "d", "e"} <= set(r["measurements"])  # e: the same step uncompiled

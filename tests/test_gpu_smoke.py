@@ -85,4 +85,4 @@ def test_the_prepared_gpu_check_runs_the_smoke_test_then_the_planner(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"versions.txt", "gpu_smoke.json", "gpu_smoke.log", "plan.txt"}
     assert json.loads((tmp_path / "gpu_smoke.json").read_text())["errors"] == {}
     assert "predicted whole-grid efficiency" in (tmp_path / "plan.txt").read_text()
-    assert "smoke test exit status 0" in done.stdout and "config.yaml loads" in done.stdout
+    assert "smoke test exit status 0, planner 0" in done.stdout and "config.yaml loads" in done.stdout

@@ -39,8 +39,16 @@ CASES = {  # objective: (settings, the label key its transform keeps, the stage'
     "segment_unet": (dict(model=VINY, classes=3, dropout=0.1, head="unet"), "masks", FINETUNE_AUG),
     "mae": (dict(model=VINY, mask_ratio=0.75, decoder="small"), None, MAE_AUG),
     "dep": (dict(model=VINY, sigma=0.22, gamma_range=[0.9, 0.95]), None, FINETUNE_AUG),
+    "ddep": (dict(model=VINY, sigma=0.22, gamma_range=[]), None, FINETUNE_AUG),
     "classify": (dict(model=VINY, classes=3, dropout=0.1, mixup_alpha=0.2), "labels", FINETUNE_AUG),
 }
+
+
+def test_every_objective_is_checked_here():
+    """A new objective file joins these checks (its entry in CASES), or this fails."""
+    from sslseg.objectives import available
+
+    assert set(available()) <= {name.split("_")[0] for name in CASES}
 
 
 class OffDevice(TorchDispatchMode):

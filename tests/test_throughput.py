@@ -206,25 +206,29 @@ def test_a_cuda_job_gathers_host_rows_into_pinned_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(loader, "MIN_BLOCK_ROWS", 32)
     monkeypatch.setattr(loader, "BLOCK_BATCHES", 1)
     pack = write_pack(tmp_path / "p.h5", 200)
-    pinned = []
+    pinned, kept = set(), []  # where the tensors asked for as pinned memory are (kept: no address reused)
     real_empty = torch.empty
 
     def empty(*a, pin_memory=False, **k):  # (no CUDA here to pin with: record the request)
-        pinned.append(pin_memory)
-        return real_empty(*a, **k)
+        t = real_empty(*a, **k)
+        if pin_memory:
+            pinned.add(t.data_ptr())
+            kept.append(t)
+        return t
 
     cuda = torch.device("cuda")
     for rows in (np.arange(10, 150), np.arange(0, 200, 3)):  # streamed; a subset held on the host
-        monkeypatch.setattr(loader.torch, "empty", real_empty)
-        on_cpu = list(Batches(pack, rows, 4, CPU, ("images", "masks"), 1e-9).epoch(3))
-        job = Batches(pack, rows, 4, cuda, ("images", "masks"), 1e-9, gpu_memory_gb=1e-9)
-        assert job.streamed == (rows[1] - rows[0] == 1) and all(v.device == CPU for v in job.arrays.values())
-        monkeypatch.setattr(job, "_to_device", lambda batch: batch)
-        monkeypatch.setattr(loader.torch, "empty", empty)
-        pinned.clear()
-        on_cuda = list(job.epoch(3))
-        assert pinned and all(pinned)
-        assert len(on_cpu) == len(on_cuda) and all(torch.equal(x[k], y[k]) for x, y in zip(on_cpu, on_cuda) for k in x)
+        for drop_last in (True, False):  # (batches of 5 straddle the streamed blocks of 32 rows; a tail)
+            monkeypatch.setattr(loader.torch, "empty", real_empty)
+            on_cpu = list(Batches(pack, rows, 5, CPU, ("images", "masks"), 1e-9, drop_last).epoch(3))
+            job = Batches(pack, rows, 5, cuda, ("images", "masks"), 1e-9, drop_last, gpu_memory_gb=1e-9)
+            assert job.streamed == (rows[1] - rows[0] == 1) and all(v.device == CPU for v in job.arrays.values())
+            monkeypatch.setattr(job, "_to_device", lambda batch: batch)
+            monkeypatch.setattr(loader.torch, "empty", empty)
+            on_cuda = list(job.epoch(3))
+            assert all(v.data_ptr() in pinned for batch in on_cuda for v in batch.values())
+            assert len(on_cpu) == len(on_cuda)
+            assert all(torch.equal(x[k], y[k]) for x, y in zip(on_cpu, on_cuda) for k in x)
 
 
 def test_a_budget_ending_mid_epoch_stops_the_reader_thread(tmp_path, monkeypatch):

@@ -72,11 +72,7 @@ def job(tmp_path):
     run.tmp, run.settings = tmp_path, settings
     yield run
     for log in tmp_path.glob(LOGS):  # stop the test's server
-        for pid in warm.server_pids(log):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+        warm.stop_servers(log)
 
 
 def wait_for_server(tmp: Path, timeout: float = 120) -> int:

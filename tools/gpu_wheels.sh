@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Fetch, here, the wheels tools/gpu_check.sh installs on a lent GPU machine, into .whl/ (ignored
 # by git; name it in the device tool's `carry`). That machine reaches no package registry and its
-# image lacks what sslseg's config validation needs (jsonschema and its three dependencies) and
-# may hold another timm; the versions are requirements.lock's, built for its CPython 3.12.
+# image may lack what sslseg's config validation needs (jsonschema and its four dependencies) and
+# holds another timm; the versions are requirements.lock's, built for its CPython 3.12.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PACKAGES="jsonschema jsonschema-specifications referencing rpds-py timm"
+PACKAGES="jsonschema jsonschema-specifications referencing rpds-py attrs timm"
 PYVER=${GPU_PYTHON_VERSION:-3.12}
 rm -rf .whl && mkdir -p .whl
 for name in $PACKAGES; do

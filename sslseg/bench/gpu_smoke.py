@@ -23,6 +23,7 @@ on the CPU, so a test can keep the script from rotting (no sync count there).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -282,6 +283,10 @@ def section(out: dict, name: str, save, fn) -> bool:
         return True
     except Exception as e:  # noqa: BLE001 - recorded and reported; KeyboardInterrupt still stops the run
         traceback.print_exc()
+        e.__traceback__ = None  # (its frames hold the section's tensors: free them for the next one)
+        gc.collect()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()  # an out-of-memory section must not leave the next one short
         out["errors"][name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
         print(f"{PROG}: {name} FAILED: {out['errors'][name]}", file=sys.stderr, flush=True)
         return False
@@ -302,6 +307,7 @@ def smoke(cfg: dict, device: torch.device, sizes: dict, mult: int, runtime: dict
     describe(out, "simmim", s, pack_size)  # first: the planner needs the model it times, whatever fails
     fine = finetune_settings(cfg, device, sizes, quick)
     describe(out, "finetune", fine, fine["model"]["image_size"])
+    save()  # before the first, longest section (the cold compile): a cut-off run still leaves a file
     modes = {"resident": (s, True), "streamed": (s, False),
              f"multiplier_x{mult}": ({**scaled(base, mult, sizes["rows"]), "compile": compiled,
                                       "iterations": max(2, sizes["steps"] // mult)}, True)}

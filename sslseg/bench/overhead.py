@@ -100,7 +100,7 @@ def job_overhead(tmp: Path, config: Path = ROOT / "config.yaml", configfile: Pat
                      "evaluate_cpu_s": statistics.median(evals), "train_job_wall_s": statistics.median(wall_train),
                      "evaluate_job_wall_s": statistics.median(wall_eval)}
     out["job_overhead_cpu_s"] = out["warm"]["train_fixed_cpu_s"]  # what the planner charges per job
-    _stop_server(log)
+    warm.stop_servers(log)
     return out
 
 
@@ -125,16 +125,6 @@ def _wait_for(log: Path, timeout: float) -> bool:
             return True
         time.sleep(0.2)
     return False
-
-
-def _stop_server(log: Path) -> None:
-    import signal
-
-    for pid in warm.server_pids(log):
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
 
 
 def render(o: dict) -> str:

@@ -27,7 +27,7 @@ from sslseg.data.augment import make_transform
 from sslseg.models.predict import predict_classes
 from sslseg.objectives import build_objective
 from sslseg.optim import make_optimizer, scale_for_device, total_steps
-from sslseg.train import make_generator, train_step, use_compile
+from sslseg.train import compile_step, make_generator, train_step, use_compile
 
 # Task (the key of every figure in the JSON, which the planner reads) → the stage it times.
 TASKS = {"simmim": "pretrain", "finetune": "finetune"}

@@ -209,6 +209,12 @@ class Batches:
                                                                  pin_memory=True))
         return v[idx]
 
+    def _join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """`a` then `b` (a batch straddling two streamed blocks), pinned as `_gather`'s are."""
+        if self.device.type == "cuda":
+            return torch.cat([a, b], out=torch.empty((len(a) + len(b), *a.shape[1:]), dtype=a.dtype, pin_memory=True))
+        return torch.cat([a, b])
+
     def epoch(self, seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """One pass; shuffled with `seed`, in row order when `seed` is None."""
         if self.streamed:
@@ -242,16 +248,16 @@ class Batches:
         b = self.batch_size
         carry: dict[str, torch.Tensor] = {}
         with closing(prefetch(self._read_blocks(seed))) as blocks:
-            for block, perm in blocks:  # (the previous block is freed here, as the next one is read)
+            for block, perm in blocks:  # (the previous block is freed here, once the next one has been read)
                 def rows(lo: int, hi: int, block=block, perm=perm) -> dict[str, torch.Tensor]:
                     return {k: self._gather(v, perm[lo:hi]) for k, v in block.items()}  # a copy: holds nothing of the block
                 n, i = len(perm), 0
                 if carry:
                     need = b - len(next(iter(carry.values())))
                     if n < need:  # the set's short tail block, visited anywhere, may hold fewer rows
-                        carry = {k: torch.cat([carry[k], v]) for k, v in rows(0, n).items()}
+                        carry = {k: self._join(carry[k], v) for k, v in rows(0, n).items()}
                         continue
-                    yield self._to_device({k: torch.cat([carry[k], v]) for k, v in rows(0, need).items()})
+                    yield self._to_device({k: self._join(carry[k], v) for k, v in rows(0, need).items()})
                     i = need
                 while i + b <= n:
                     yield self._to_device(rows(i, i + b))

@@ -8,8 +8,9 @@ decoder, so its pretraining depends on the decoder width), `FREEZE` (parameter-n
 it never trains) and `INIT` (the settings key naming the checkpoint it starts from). An optional
 method `draw(batch, gen) -> batch` adds the forward's random inputs (masks, noise) to the batch
 first: sslseg.train.train_step calls it outside a compiled step, which a draw taking a
-generator would split into several graphs. Adding a file is all it takes: there is no table to edit. This file imports only the standard library,
-so the workflow can list objectives without torch.
+generator would split into several graphs. Adding a file is all it takes: there is no table
+to edit. This file imports only the standard library, so the workflow can list objectives
+without torch.
 """
 
 from __future__ import annotations

@@ -64,9 +64,12 @@ class DeP(nn.Module):
         return lo + (hi - lo) * (torch.rand(b, generator=gen, device=device) if u is None else u)
 
     def draw(self, batch: dict, gen: torch.Generator | None = None) -> dict:
-        """The batch with the step's random inputs added, drawn outside a compiled step
-        (sslseg.train.train_step; a generator argument breaks its graph), in the forward's order:
-        "gamma_u" (B,) uniform when γ has a range, then "noise" ε."""
+        """The batch with the step's random inputs added, unless it has them: "gamma_u" (B,)
+        uniform when γ has a range, then "noise" ε. Called by the loop before a compiled forward
+        (sslseg.train.train_step; a draw taking a generator breaks its graph) and by the forward,
+        so the draws are the same, in the same order."""
+        if "noise" in batch:
+            return batch
         x = batch["images"]
         out = dict(batch)
         if self.gamma_range:
@@ -79,10 +82,10 @@ class DeP(nn.Module):
         already. Returns MSE(pred, ε) (eq. 6) and {"pred": predicted noise, "noisy": x̃, "noise": ε,
         "denoised": the clean-image estimate (x̃ − √(1−γ)·pred)/√γ, "gamma": (B,)}, all
         (B, 3, H, W) but gamma."""
+        batch = self.draw(batch, gen)
         x = batch["images"]
-        gamma = self.noise_levels(x.shape[0], x.device, gen, batch.get("gamma_u"))  # before ε: fixed γ draws nothing
-        noise = batch["noise"] if "noise" in batch else draw_noise(x.shape, x.device, gen)
-        noise = noise.to(x.dtype)
+        gamma = self.noise_levels(x.shape[0], x.device, u=batch.get("gamma_u"))
+        noise = batch["noise"].to(x.dtype)
         g = gamma.view(-1, 1, 1, 1).to(x.dtype)
         noisy = g.sqrt() * x + (1 - g).sqrt() * noise  # eq. 5
         pred = self.decoder.decode(self.backbone, noisy)

@@ -149,10 +149,10 @@ class MAE(nn.Module):
         return self.decoder_pred(self.decoder_norm(self.decoder_blocks(x)))[:, 1:]
 
     def draw(self, batch: dict, gen: torch.Generator | None = None) -> dict:
-        """The batch with the step's random input added ("mask_noise", unless it has a "mask"),
-        drawn outside a compiled step (sslseg.train.train_step; a generator argument breaks its
-        graph): the same draw the forward would make."""
-        if "mask" in batch:
+        """The batch with the step's random input added ("mask_noise"), unless it has it or a
+        "mask": called by the loop before a compiled forward (sslseg.train.train_step; a draw
+        taking a generator breaks its graph) and by the forward, so the draws are the same."""
+        if "mask" in batch or "mask_noise" in batch:
             return batch
         images = batch["images"]
         noise = torch.rand(images.shape[0], self.grid[0] * self.grid[1], generator=gen, device=images.device)
@@ -163,11 +163,12 @@ class MAE(nn.Module):
         count in every sample, or batch["mask_noise"] (B, N) from `draw`. Returns the masked-patch MSE, and {"pred": (B, 3, H, W) in the
         normalised image space (per-patch un-normalised with the true patch's mean and std
         under norm_pix_loss, as MAE's visualisation does), "mask": (B, N) bool}."""
+        batch = self.draw(batch, gen)
         images = batch["images"]
         b, n = images.shape[0], self.grid[0] * self.grid[1]
         mask = batch.get("mask")
         if mask is None:
-            mask, ids_restore = random_masking(b, n, self.mask_ratio, images.device, gen, batch.get("mask_noise"))
+            mask, ids_restore = random_masking(b, n, self.mask_ratio, images.device, noise=batch["mask_noise"])
             keep = int(round((1 - self.mask_ratio) * n))
         else:
             ids_restore, keep = masking_of(mask)

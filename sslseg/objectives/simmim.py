@@ -45,11 +45,11 @@ class SimMIM(nn.Module):
         self.head = PixelHead(self.backbone.num_features, self.patch_size, 3)
 
     def draw(self, batch: dict, gen: torch.Generator | None = None) -> dict:
-        """The batch with the step's random input added ("mask_noise", unless it has a "mask"),
-        drawn before the forward: sslseg.train.train_step calls this outside a compiled step,
-        which a generator argument would break into several graphs. The same draws, in the same
-        order, as the forward would make."""
-        if "mask" in batch:
+        """The batch with the step's random input added ("mask_noise"), unless it has it or a
+        "mask". The loop (sslseg.train.train_step) calls this before a compiled forward, which a
+        draw taking a generator would break into several graphs; the forward calls it too, so
+        the draws are the same, in the same order, whoever makes them."""
+        if "mask" in batch or "mask_noise" in batch:
             return batch
         images = batch["images"]
         n = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size)
@@ -59,11 +59,12 @@ class SimMIM(nn.Module):
         """batch["images"]: normalised (B, 3, H, W); optional batch["mask"] (B, N) bool, or
         batch["mask_noise"] (B, N) from `draw`. Returns L1 over masked patches, and
         {"pred": (B, 3, H, W), "mask": (B, N) bool}."""
+        batch = self.draw(batch, gen)
         images = batch["images"]
         n = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size)
         mask = batch.get("mask")
         if mask is None:
-            mask = random_mask(images.shape[0], n, self.mask_ratio, images.device, gen, batch.get("mask_noise"))
+            mask = random_mask(images.shape[0], n, self.mask_ratio, images.device, noise=batch["mask_noise"])
         pred = self.head(self.backbone.forward_maps(images, mask, self.mask_token))
         err = F.l1_loss(patchify(pred, self.patch_size), patchify(images, self.patch_size), reduction="none")
         m = mask.unsqueeze(-1).to(err.dtype)
