@@ -250,7 +250,8 @@ class Batches:
         with closing(prefetch(self._read_blocks(seed))) as blocks:
             for block, perm in blocks:  # (the previous block is freed here, once the next one has been read)
                 def rows(lo: int, hi: int, block=block, perm=perm) -> dict[str, torch.Tensor]:
-                    return {k: self._gather(v, perm[lo:hi]) for k, v in block.items()}  # a copy: holds nothing of the block
+                    # a copy: a batch holds nothing of its block
+                    return {k: self._gather(v, perm[lo:hi]) for k, v in block.items()}
                 n, i = len(perm), 0
                 if carry:
                     need = b - len(next(iter(carry.values())))

@@ -160,8 +160,8 @@ class MAE(nn.Module):
 
     def forward(self, batch: dict, gen: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """batch["images"]: normalised (B, 3, H, W); optional batch["mask"] (B, N) bool, the same
-        count in every sample, or batch["mask_noise"] (B, N) from `draw`. Returns the masked-patch MSE, and {"pred": (B, 3, H, W) in the
-        normalised image space (per-patch un-normalised with the true patch's mean and std
+        count in every sample, or batch["mask_noise"] (B, N) from `draw`. Returns the
+        masked-patch MSE, and {"pred": (B, 3, H, W) in the normalised image space (per-patch un-normalised with the true patch's mean and std
         under norm_pix_loss, as MAE's visualisation does), "mask": (B, N) bool}."""
         batch = self.draw(batch, gen)
         images = batch["images"]
