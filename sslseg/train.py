@@ -144,8 +144,8 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     On CUDA the only host sync of the loop is the loss read every `log_every` steps (and once
     per epoch): batches are gathered on the device, and augmentation, masks, noise and MixUp
     are drawn there from the epoch's device generator (`make_generator`) or its global RNG.
-    tests/test_host_syncs.py checks this on the CPU; torch.cuda.set_sync_debug_mode("error")
-    verifies it on a GPU.
+    tests/test_host_syncs.py checks this on the CPU; on a GPU the smoke test counts the syncs
+    with torch.cuda.set_sync_debug_mode("warn") (sslseg.bench.gpu_smoke).
     """
     device = batches.device
     objective.to(device)

@@ -70,12 +70,18 @@ def scaled(s: dict, multiplier: int, rows: int) -> dict:
     return scale_for_device({**s, "cuda_batch_multiplier": multiplier}, torch.device("cuda"), rows)
 
 
+def read_keys(s: dict) -> tuple[str | None, tuple[str, ...]]:
+    """The label key the step `s` trains on (trimaps for a segmenter, else none) and the pack
+    keys its batches read, as the training stage reads them."""
+    label = "masks" if s["objective"] == "segment" else None
+    return label, ("images", "aspect") + ((label,) if label else ())
+
+
 def run_fit(s: dict, pack: Path, device: torch.device, runtime: dict, tmp: Path, resident: bool) -> dict:
     """The real loop, `fit`, on `pack` for s["iterations"] steps; returns its stats."""
     torch.manual_seed(0)
     objective = build_objective(s["objective"], s)
-    label = "masks" if s["objective"] == "segment" else None
-    keys = ("images", "aspect") + ((label,) if label else ())
+    label, keys = read_keys(s)
     batches = make_batches(pack, s["batch_size"], device, keys, resident)
     transform = make_transform(s["augment"], s["model"]["image_size"], label)
     tag = f"{s['objective']}-{s['batch_size']}-{'resident' if resident else 'streamed'}"
@@ -347,8 +353,7 @@ def compiles(s: dict, device: torch.device, image_steps: int) -> bool:
 
 def flops(s: dict, pack: Path, device: torch.device) -> float:
     """FLOPs per image (forward + backward) of the step `s` trains, on 8 augmented rows of `pack`."""
-    label = "masks" if s["objective"] == "segment" else None
-    keys = ("images", "aspect") + ((label,) if label else ())
+    label, keys = read_keys(s)
     gen = make_generator(device, 0)
     raw = next(_forever(make_batches(pack, 8, device, keys, True)))
     batch = make_transform(s["augment"], s["model"]["image_size"], label)(raw, gen)

@@ -67,8 +67,8 @@ _END = object()
 
 def prefetch(source: Iterable[T], depth: int = 1) -> Iterator[T]:
     """`source`'s items, produced by a background thread up to `depth` items ahead of the
-    consumer (for a stream: the next HDF5 block is read and permuted while the current one
-    trains: h5py releases the GIL in H5Dread (h5py/h5py#1453), torch in the gather).
+    consumer (for a stream: the next HDF5 block is read while batches are gathered from the
+    current one: h5py releases the GIL in H5Dread, h5py/h5py#1453).
 
     The thread starts at the first item and closes `source` itself (an HDF5 file is closed by
     the thread that opened it). Closing this generator early (`closing()`, a budget that ends
@@ -146,8 +146,7 @@ class Batches:
         """`masks`: a pack whose "masks" (same rows as `pack`) replace `pack`'s, e.g. generated
         imperfect labels; such a set is always held in memory (a fine-tune subset).
         `memory_gb` (host) and `gpu_memory_gb` (CUDA; None: GPU_MEMORY_FRACTION of the device's
-        memory) decide where the rows
-        are held, never what a batch holds."""
+        memory) decide where the rows are held, never what a batch holds."""
         self.pack, self.batch_size, self.device, self.drop_last = Path(pack), batch_size, device, drop_last
         with h5py.File(self.pack, "r") as f:
             self.keys = [k for k in keys if k in f]
@@ -198,22 +197,26 @@ class Batches:
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
+    def _staging(self, rows: int, like: torch.Tensor) -> torch.Tensor | None:
+        """Where a batch of `rows` rows like `like` (host rows) is built for this job: for a CUDA
+        job, pinned memory, since a copy from pageable memory waits for the GPU's queued work
+        before it starts, so the host could never run a step ahead; from pinned memory it does
+        not, and PyTorch's pinned-memory cache keeps the block until its copy is done. None
+        (a new pageable tensor) otherwise. (A batch is MBs; the 4 GB blocks themselves stay
+        pageable, `_read_blocks`.)"""
+        if self.device.type == "cuda" and like.device.type == "cpu":
+            return torch.empty((rows, *like.shape[1:]), dtype=like.dtype, pin_memory=True)
+        return None
+
     def _gather(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Rows `idx` of `v`, as a new tensor. For a CUDA job from rows in host memory, gathered
-        into pinned memory: a copy from pageable memory waits for the GPU's queued work before it
-        starts, so the host could never run a step ahead; from pinned memory it does not, and
-        PyTorch's pinned-memory cache keeps the block until its copy is done. (A batch is MBs;
-        the 4 GB blocks themselves stay pageable, `_read_blocks`.)"""
-        if self.device.type == "cuda" and v.device.type == "cpu":
-            return torch.index_select(v, 0, idx, out=torch.empty((len(idx), *v.shape[1:]), dtype=v.dtype,
-                                                                 pin_memory=True))
-        return v[idx]
+        """Rows `idx` of `v`, as a new tensor (`_staging`'s)."""
+        out = self._staging(len(idx), v)
+        return v[idx] if out is None else torch.index_select(v, 0, idx, out=out)
 
     def _join(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """`a` then `b` (a batch straddling two streamed blocks), pinned as `_gather`'s are."""
-        if self.device.type == "cuda":
-            return torch.cat([a, b], out=torch.empty((len(a) + len(b), *a.shape[1:]), dtype=a.dtype, pin_memory=True))
-        return torch.cat([a, b])
+        """`a` then `b` (a batch straddling two streamed blocks), as a new tensor (`_staging`'s)."""
+        out = self._staging(len(a) + len(b), a)
+        return torch.cat([a, b]) if out is None else torch.cat([a, b], out=out)
 
     def epoch(self, seed: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
         """One pass; shuffled with `seed`, in row order when `seed` is None."""
