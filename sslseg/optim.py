@@ -120,21 +120,36 @@ def device_scaling(settings: dict, device: torch.device, images: int | None = No
     the batch never exceeds the `images` the stage trains on (a multiplied batch larger than the
     set would train on nothing, or on one short batch), and the LR times the factor of
     train.lr_scaling at the multiplier applied. `images` None (a planner's estimate): no cap.
+    A step budget (`iterations` > 0) is divided by the multiplier, so the stage sees the images
+    the protocol gives it, not m times as many (an epoch budget needs nothing: an epoch has
+    1/m of the steps); its step milestones and warm-up are divided with it.
 
     Returns multiplier (applied), requested (the setting), base_batch_size, batch_size,
-    lr_scaling, lr_factor, base_lr and lr: what the stage's sidecar records."""
+    lr_scaling, lr_factor, base_lr, lr, base_iterations and iterations (0: an epoch budget):
+    what the stage's sidecar records."""
     requested = settings["cuda_batch_multiplier"] if device.type == "cuda" else 1
     b = settings["batch_size"]
     m = requested if images is None else max(1, min(requested, images // b))
     factor = LR_FACTORS[settings["lr_scaling"]](m) if m > 1 else 1
+    steps = settings["iterations"]
     return {"multiplier": m, "requested": requested, "base_batch_size": b, "batch_size": b * m,
             "lr_scaling": settings.get("lr_scaling"), "lr_factor": factor, "base_lr": settings["lr"],
-            "lr": settings["lr"] * factor}
+            "lr": settings["lr"] * factor, "base_iterations": steps, "iterations": _per_multiplier(steps, m)}
+
+
+def _per_multiplier(steps: int, m: int) -> int:
+    """A count of steps at m times the batch: the same images (at least one step if any)."""
+    return max(1, round(steps / m)) if steps > 0 else steps
 
 
 def scale_for_device(settings: dict, device: torch.device, images: int | None = None) -> dict:
     """`settings` with the batch and LR of `device_scaling`; unchanged where its multiplier is 1."""
     s = device_scaling(settings, device, images)
-    if s["multiplier"] == 1:
+    m = s["multiplier"]
+    if m == 1:
         return settings
-    return {**settings, "batch_size": s["batch_size"], "lr": s["lr"]}
+    scaled = {**settings, "batch_size": s["batch_size"], "lr": s["lr"]}
+    if settings["iterations"] > 0:  # milestones and warm-up count steps too: the same images
+        scaled.update(iterations=s["iterations"], warmup=_per_multiplier(settings["warmup"], m),
+                      milestones=[_per_multiplier(x, m) for x in settings["milestones"]])
+    return scaled

@@ -5,8 +5,9 @@ the learning rate of every step is `sslseg.optim.lr_at(step)`, set on each param
 group before the step. Per epoch the loop seeds the global RNG and the batch order
 from (seed, epoch), so a run resumed from an epoch checkpoint continues exactly as
 an uninterrupted one would (bitwise on CPU). Checkpoints are written atomically
-every `checkpoint_every` epochs; a stage restarted with the same settings resumes
-from the last one, with other settings it starts over. `runtime` settings
+every `checkpoint_every` epochs; a stage restarted with the same settings and inputs (what
+it starts from and trains on: the stage passes them, sslseg.stages.train) resumes from the
+last one, otherwise it starts over. `runtime` settings
 (log_every, checkpoint_every, memory_gb, gpu_memory_gb: how, not what, is computed) are left out
 of that comparison.
 """
@@ -124,13 +125,17 @@ def train_step(step_fn: Callable, opt: torch.optim.Optimizer, batch: dict, gen: 
 
 
 def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: dict, *, runtime: dict,
-        name: str, resume_path: Path, log_path: Path, validate: Callable[[nn.Module], dict] | None = None) -> dict:
+        name: str, resume_path: Path, log_path: Path, validate: Callable[[nn.Module], dict] | None = None,
+        inputs: dict | None = None) -> dict:
     """Train `objective` (forward(batch, gen) → (loss, outputs)) for the budget in `settings`.
 
     settings: a training stage's (see the schema's $defs/optim): epochs, iterations, lr,
     optimizer, momentum, weight_decay, schedule, milestones, gamma, warmup, freeze, seed,
     compile, amp. runtime: log_every, checkpoint_every (and any other key that cannot
-    change a result; none of them is part of the resume fingerprint). Returns
+    change a result; none of them is part of the resume fingerprint). `inputs`: what else a
+    resume file must have been written with (JSON-able: the files the run starts from and reads,
+    its rows, the code), so a stage rerun after its upstream stage changed starts over instead
+    of continuing from the old start. Returns
     {"history": [one row per epoch], "images_per_s", "device", "compiled", "steps", "startup_cpu_s"
     (the process's CPU seconds before its first step: imports, model, data; for a warm-start
     job, sslseg.warm, its child's since the fork)}; a history
@@ -157,7 +162,8 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
     budget = total_steps(settings, per_epoch)
     epochs = -(-budget // per_epoch)
     start, history = 0, []
-    key = fingerprint(settings)  # runtime settings are not in it: changing them keeps a resume valid
+    # runtime settings are not in it: changing them keeps a resume valid
+    key = fingerprint(settings if inputs is None else {"settings": settings, "inputs": inputs})
     if resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=False)
         if state.get("fingerprint") == key:
@@ -166,7 +172,7 @@ def fit(objective: nn.Module, batches: Batches, transform: Transform, settings: 
             start, history = state["epoch"], state["history"]
             print(f"[{name}] resuming from {resume_path} at epoch {start}", flush=True)
         else:
-            print(f"[{name}] ignoring {resume_path}: written with other settings", flush=True)
+            print(f"[{name}] ignoring {resume_path}: written with other settings, inputs or code", flush=True)
 
     step_fn = objective
     # the whole job's image-steps, not those left: a resumed job compiles as its first start did,

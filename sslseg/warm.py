@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from sslseg.userdir import private_dir
@@ -183,6 +184,19 @@ def server_pids(log: str | Path) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(m) for m in re.findall(r"^warm: serving .* \(pid (\d+),", text, re.M)]
+
+
+def wait_listening(logs: Callable[[], Iterable[Path]], timeout: float) -> int | None:
+    """The pid of the newest server of the first of `logs()` (polled) whose server listens, or None
+    after `timeout` seconds: the benchmark and the tests wait for the server a first job started."""
+    end = time.time() + timeout
+    while time.time() < end:
+        for log in logs():
+            pids = server_pids(log)
+            if pids and Path(str(log)[:-len(".log")]).exists():  # the socket file is there
+                return pids[-1]
+        time.sleep(0.2)
+    return None
 
 
 def stop_servers(log: str | Path) -> None:

@@ -68,13 +68,32 @@ def test_pretraining_is_multiplied_with_linear_or_sqrt_lr_on_cuda_only():
     s = settings_for(stage="pretrain", batch_size=64, lr=1e-3, cuda_batch_multiplier=8, lr_scaling="linear")
     assert scale_for_device(s, CPU, 20_000) is s
     assert device_scaling(s, CPU, 20_000) == {"multiplier": 1, "requested": 1, "base_batch_size": 64, "batch_size": 64,
-                                              "lr_scaling": "linear", "lr_factor": 1, "base_lr": 1e-3, "lr": 1e-3}
+                                              "lr_scaling": "linear", "lr_factor": 1, "base_lr": 1e-3, "lr": 1e-3,
+                                              "base_iterations": 0, "iterations": 0}
     cuda = scale_for_device(s, CUDA, 20_000)
     assert cuda["batch_size"] == 512 and cuda["lr"] == pytest.approx(8e-3)
     sqrt = device_scaling({**s, "lr_scaling": "sqrt"}, CUDA, 20_000)
     assert sqrt["lr_factor"] == pytest.approx(8**0.5) and sqrt["lr"] == pytest.approx(1e-3 * 8**0.5)
     assert device_scaling({**s, "lr_scaling": "none"}, CUDA, 20_000)["lr"] == 1e-3
     assert scale_for_device(s, CUDA)["batch_size"] == 512  # no image count (the planner): no cap
+
+
+@pytest.mark.parametrize("m", [2, 4, 8])
+def test_a_step_budget_at_a_multiplied_batch_trains_on_the_same_images(m):
+    """The probe's 20k-step budget at m x the batch: 1/m of the steps (not m x the images at m x
+    the LR), its step milestones and warm-up divided with it."""
+    s = settings_for(stage="probe", batch_size=64, lr=1e-3, cuda_batch_multiplier=m, lr_scaling="linear",
+                     iterations=20_000, epochs=0, milestones=[14_000, 18_000], warmup=1_000)
+    cuda = scale_for_device(s, CUDA, 250)  # 250 pets: the cap allows up to x3
+    applied = min(m, 250 // 64)
+    assert cuda["batch_size"] == 64 * applied and cuda["iterations"] == round(20_000 / applied)
+    assert abs(cuda["batch_size"] * cuda["iterations"] - 64 * 20_000) <= cuda["batch_size"] // 2  # the same images
+    assert cuda["milestones"] == [round(14_000 / applied), round(18_000 / applied)]
+    assert cuda["warmup"] == round(1_000 / applied)
+    assert device_scaling(s, CUDA, 250)["base_iterations"] == 20_000
+    epochs = {**s, "iterations": 0, "epochs": 100, "milestones": [70, 90], "warmup": 5}
+    scaled = scale_for_device(epochs, CUDA, 250)  # an epoch budget already has 1/m of the steps per epoch
+    assert (scaled["epochs"], scaled["milestones"], scaled["warmup"]) == (100, [70, 90], 5)
 
 
 @pytest.mark.parametrize("images", [10, 63, 64, 127, 200, 250, 3680])
@@ -107,7 +126,7 @@ def test_a_stage_sidecar_records_the_batch_multiplier_and_lr_scaling(tmp_path, m
     # 30 images at batch 4: x4 would be 16 (fits); the LR follows sqrt(4) = 2
     assert meta["device_scaling"] == {"multiplier": 4, "requested": 4, "base_batch_size": 4, "batch_size": 16,
                                       "lr_scaling": "sqrt", "lr_factor": 2.0, "base_lr": settings["lr"],
-                                      "lr": pytest.approx(2 * settings["lr"])}
+                                      "lr": pytest.approx(2 * settings["lr"]), "base_iterations": 2, "iterations": 1}
     assert meta["batch_size"] == 16 and meta["lr"] == pytest.approx(2 * settings["lr"])
     assert meta["settings"]["batch_size"] == 4  # the configured settings, as the rule passed them
 

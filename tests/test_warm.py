@@ -77,13 +77,9 @@ def job(tmp_path):
 
 def wait_for_server(tmp: Path, timeout: float = 120) -> int:
     """The pid of the server the first job started, once it listens."""
-    end = time.time() + timeout
-    while time.time() < end:
-        for log in tmp.glob(LOGS):
-            if warm.server_pids(log) and Path(str(log)[:-len(".log")]).exists():
-                return warm.server_pids(log)[-1]
-        time.sleep(0.2)
-    raise AssertionError("no warm-start server came up: " + " ".join(p.read_text() for p in tmp.glob(LOGS)))
+    pid = warm.wait_listening(lambda: tmp.glob(LOGS), timeout)
+    assert pid is not None, "no warm-start server came up: " + " ".join(p.read_text() for p in tmp.glob(LOGS))
+    return pid
 
 
 def children_of(pid: int) -> list[int]:

@@ -80,7 +80,7 @@ def job_overhead(tmp: Path, config: Path = ROOT / "config.yaml", configfile: Pat
         if mode == "warm":  # the first job starts the server and runs cold; wait until it listens
             for _ in range(2):
                 _job(tmp, e, train, evaluate, "start")
-                if _wait_for(log, 120):
+                if warm.wait_listening(lambda: [log], 120):
                     break
         fixed, clients, wall_train, evals, wall_eval = [], [], [], [], []
         for i in range(repeats):
@@ -116,15 +116,6 @@ def _job(tmp: Path, env: dict, train: dict, evaluate: dict, tag: str) -> tuple[t
               "--out", str(d / "metrics.json"), "--settings", json.dumps(evaluate), "--run", "{}", "--threads", "1"],
              env, tmp)
     return t, e
-
-
-def _wait_for(log: Path, timeout: float) -> bool:
-    end = time.time() + timeout
-    while time.time() < end:
-        if warm.server_pids(log) and Path(str(log)[:-4]).exists():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def render(o: dict) -> str:

@@ -3,6 +3,8 @@ fine-tune. Each builds its objective by name and hands it to the one loop (sslse
 
 from __future__ import annotations
 
+import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -19,14 +21,40 @@ from sslseg.models.weights import load_weights
 from sslseg.objectives import build_objective
 from sslseg.optim import device_scaling, scale_for_device
 from sslseg.runtime import job_runtime
+from sslseg.sourcefiles import module_files
 from sslseg.train import fit, pick_device
 from sslseg.validate import segmentation_validator
 
 
+def resume_inputs(settings: dict, pack_file: str, rows: np.ndarray | None, labels: str | None,
+                  init: str | None) -> dict:
+    """What a stage's resume file must have been written from besides its settings (sslseg.train.fit):
+    each file it starts from or reads (size and modification time: an upstream stage that reran has
+    rewritten it), the rows it trains on, and the code the stage runs (the files the workflow
+    tracks for it). A pretraining rerun changes its checkpoint, so a fine-tune stopped part-way
+    before starts over rather than finishing from the old pretraining."""
+    def identity(path: str | None) -> list | None:
+        if not path:
+            return None
+        st = os.stat(path)
+        return [str(path), st.st_size, st.st_mtime_ns]
+
+    root = Path(__file__).resolve().parents[2]  # the folder holding sslseg/
+    code = hashlib.sha256()
+    for f in module_files(["sslseg.stages.train", "sslseg.__main__", f"sslseg.objectives.{settings['objective']}"], root):
+        code.update(f.encode() + b"\0" + (root / f).read_bytes())
+    return {"pack": identity(pack_file), "labels": identity(labels),
+            "init": identity(init or settings["model"].get("weights")),
+            "rows": None if rows is None else hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest(),
+            "code": code.hexdigest()}
+
+
 def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, label_key: str | None,
            settings: dict, runtime: dict, out: str, log: str, labels: str | None = None,
-           val_rows: np.ndarray | None = None) -> dict:
-    """`val_rows`: rows of `pack_file` to score the segmenter on after every epoch (sslseg.validate)."""
+           val_rows: np.ndarray | None = None, init: str | None = None) -> dict:
+    """`val_rows`: rows of `pack_file` to score the segmenter on after every epoch (sslseg.validate).
+    `init`: the checkpoint or weights the objective was loaded from (part of the resume's identity)."""
+    inputs = resume_inputs(settings, pack_file, rows, labels, init)  # before any scaling: the stage as configured
     device = pick_device(settings["device"])
     images = pack_length(pack_file) if rows is None else len(rows)
     scaling = device_scaling(settings, device, images)  # (the batch never exceeds the stage's images)
@@ -44,7 +72,7 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
     resume = Path(out).with_name(f".{Path(out).name}.resume")
     validate = None if val_rows is None else segmentation_validator(pack_file, val_rows, settings, device)
     stats = fit(objective, batches, transform, settings, runtime=runtime, name=settings["stage"],
-                resume_path=resume, log_path=Path(log), validate=validate)
+                resume_path=resume, log_path=Path(log), validate=validate, inputs=inputs)
     # how the training images were made square (data.*.resize), so tools scoring new images
     # (evaluate_folder, predict_masks) prepare them the same way
     resize = pack_attrs(pack_file).get("resize")
@@ -92,7 +120,7 @@ def _fit_stage(pack: str, rows: np.ndarray | None, label_key: str | None, out: s
     torch.manual_seed(settings["seed"])
     objective = build_objective(settings["objective"], settings)
     dropped = _init_from(objective, init, settings["model"])
-    stats = _train(objective, pack, rows, label_key, settings, runtime, out, log, labels, val_rows)
+    stats = _train(objective, pack, rows, label_key, settings, runtime, out, log, labels, val_rows, init)
     write_sidecar(out, settings["stage"], settings, t0, seed=settings["seed"], init=init, dropped_keys=dropped,
                   labels=labels, **stats)
 
