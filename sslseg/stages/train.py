@@ -36,7 +36,10 @@ def resume_inputs(settings: dict, pack_file: str, rows: np.ndarray | None, label
     def identity(path: str | None) -> list | None:
         if not path:
             return None
-        st = os.stat(path)
+        try:
+            st = os.stat(path)
+        except OSError:  # missing: the stage's reader says so in its own words
+            return [str(path), None, None]
         return [str(path), st.st_size, st.st_mtime_ns]
 
     root = Path(__file__).resolve().parents[2]  # the folder holding sslseg/
@@ -54,9 +57,9 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
            val_rows: np.ndarray | None = None, init: str | None = None) -> dict:
     """`val_rows`: rows of `pack_file` to score the segmenter on after every epoch (sslseg.validate).
     `init`: the checkpoint or weights the objective was loaded from (part of the resume's identity)."""
-    inputs = resume_inputs(settings, pack_file, rows, labels, init)  # before any scaling: the stage as configured
     device = pick_device(settings["device"])
     images = pack_length(pack_file) if rows is None else len(rows)
+    inputs = resume_inputs(settings, pack_file, rows, labels, init)  # before any scaling: the stage as configured
     scaling = device_scaling(settings, device, images)  # (the batch never exceeds the stage's images)
     settings = scale_for_device(settings, device, images)
     keys = ("images", "aspect") + ((label_key,) if label_key else ())  # "aspect": packs of whole images only
