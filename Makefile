@@ -10,7 +10,7 @@ LOCK := requirements.lock
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake --workflow-profile workflow/profiles/default
 
-.PHONY: install lock demo test sample sample-b sample-c sample-d fidelity report clean-demo
+.PHONY: install lock demo test sample sample-long sample-b sample-c sample-d fidelity report clean-demo
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	tools/install.sh $(VENV) $(LOCK)
@@ -27,6 +27,9 @@ demo: install
 
 sample: install
 	$(SNAKEMAKE) --configfile workflow/configs/sample.yaml
+
+sample-long: install
+	$(SNAKEMAKE) --configfile workflow/configs/sample.yaml workflow/configs/sample-long.yaml
 
 sample-b: install
 	$(SNAKEMAKE) --configfile workflow/configs/sample-b.yaml
