@@ -85,6 +85,11 @@ def _check_across_keys(config: dict) -> None:
                         f"backbones {', '.join(patched)} cut the image into patches); use {' or '.join(map(str, near))}")
     _check_names(config)
     counts = known_counts(config)
+    if pool_size(config) is not None and len(set(counts)) < len(counts):  # e.g. 4 and "25%" of a 16-pet pool
+        sizes = g["finetune_sizes"]
+        i, j = next((i, j) for j in range(len(counts)) for i in range(j) if counts[i] == counts[j])
+        raise UserError(f"grid.finetune_sizes: {sizes[i]!r} and {sizes[j]!r} are both {counts[i]} images of the "
+                        f"{pool_size(config)}-image pool, so every run of that size would be trained twice; keep one")
     # which stages run (fractions count even where the pool, and so their image count, is unknown)
     used = {"pretrain": [n for n in g["pretrain_sizes"] if n > 0], "intermediate": [True] if any(g["intermediate"])
             else [], **{a: g["finetune_sizes"] for a in ("finetune", "probe") if a in g["adaptations"]}}
@@ -159,7 +164,7 @@ def pool_size(config: dict) -> int | None:
 def known_counts(config: dict) -> list[int]:
     """The label budgets of grid.finetune_sizes as image counts, as far as the config fixes them:
     every count, and the fractions where the pool size is known (pool_size)."""
-    from sslseg.grid import resolve_size
+    from sslseg.sizes import resolve_size
 
     pool = pool_size(config)
     return [resolve_size(v, pool or 0) for v in config["grid"]["finetune_sizes"]

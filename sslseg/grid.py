@@ -65,15 +65,6 @@ def size_token(value: int | str) -> str:
     return str(value).replace("%", "pct")
 
 
-def resolve_size(value: int | str, pool: int) -> int:
-    """A label budget as a number of images: a count as is; a fraction "P%" of a pool of `pool`
-    images → round(P/100 · pool), at least 1 (seed 004's 1 % of 1,464 VOC images is 15)."""
-    if isinstance(value, str):
-        text = value[:-1] if value.endswith("%") else value.removesuffix("pct")
-        return max(1, round(float(text) / 100 * pool))
-    return int(value)
-
-
 def _token(axis: Axis, value: Any) -> str:
     return axis.token.format(size_token(value) if axis.name == "finetune" else value)
 

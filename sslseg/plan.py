@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sslseg import grid
 from sslseg.config import load_config, rule_resources, stage_settings
+from sslseg.sizes import resolve_size
 from sslseg.io import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,7 @@ def jobs_of(cfg: dict, device_type: str = "cpu", root: Path = Path(".")) -> dict
         jobs["intermediate_eval"] = [(sizes["intermediate_test"], evaluated("intermediate", run)) for run in inter.values()]
     downstream = grid.by_path(runs, grid.run_dir).values()
     for run in downstream:  # fine-tunes and probes
-        n = grid.resolve_size(run.finetune, pool)
+        n = resolve_size(run.finetune, pool)
         s = scale_for_device(stage_settings(cfg, run.adaptation, run), device)
         jobs["finetune"].append((_image_steps(n, s) + val * _epochs(n, s) // 3, s))
     jobs["evaluate"] = [(test, evaluated(run.adaptation, run)) for run in downstream]

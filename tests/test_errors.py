@@ -60,6 +60,43 @@ def test_trimap_with_values_outside_1_to_3(pets_sample, tmp_path):
     one_line_error(pack_pets(pets_sample, tmp_path / "p.h5"), victim.name, "outside 1-3")
 
 
+def test_a_pet_listed_twice_is_refused_before_it_could_sit_in_test_and_pool(pets_sample, tmp_path):
+    lists = pets_sample / "annotations"
+    first = (lists / "trainval.txt").read_text().splitlines()[0]
+    with open(lists / "test.txt", "a") as f:
+        f.write(first + "\n")
+    one_line_error(pack_pets(pets_sample, tmp_path / "p.h5"), "test.txt:9", first.split()[0], "listed again",
+                   "trainval.txt:1")
+    assert not list(tmp_path.glob("p.h5*"))
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("blank", ("trainval.txt:17", "0 fields")),  # a blank line after the 16 pets
+    ("no_test", ("test.txt", "missing", "annotations.tar.gz")),
+    ("no_lists", ("trainval.txt", "missing")),  # images/ and trimaps/ there: name what is missing
+])
+def test_damaged_oxford_list_files_are_one_line(pets_sample, tmp_path, damage, needles):
+    lists = pets_sample / "annotations"
+    if damage == "blank":
+        with open(lists / "trainval.txt", "a") as f:
+            f.write("\n")
+    else:
+        (lists / "test.txt").unlink()
+        if damage == "no_lists":
+            (lists / "trainval.txt").unlink()
+    one_line_error(pack_pets(pets_sample, tmp_path / "p.h5"), *needles)
+
+
+def test_an_intel_class_without_images_is_refused(tmp_path):
+    root = tmp_path / "seg_train"
+    for i, name in enumerate(("buildings", "forest", "glacier", "mountain", "street")):  # no "sea"
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / name / "1.jpg")
+    proc = sslseg("pack_intermediate", "--root", str(root), "--out", str(tmp_path / "x.h5"),
+                  "--settings", json.dumps({"pack_size": 32}))
+    one_line_error(proc, "sea", "no images of class")
+
+
 def test_empty_image_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = sslseg("pack_intermediate", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "x.h5"),
@@ -98,6 +135,10 @@ BAD_CONFIGS = [
     ("grid: {adaptations: [frozen]}", "grid.adaptations.0: 'frozen' is not one of ['finetune', 'probe']"),
     ("grid: {labels: [scribble]}", "grid.labels.0: 'scribble' is not one of ['full', 'scribbles', 'points', 'noisy']"),
     ("labels: {noisy: {noise: blur}}", "labels.noisy.noise: 'blur' is not one of ['boundary', 'coarse', 'flip']"),
+    # the strength's range depends on the noise
+    ("labels: {noisy: {noise: coarse, strength: 0}}", "labels.noisy.strength: 0 is less than the minimum of 1"),
+    ("labels: {noisy: {noise: flip, strength: 1.5}}", "labels.noisy.strength: 1.5 is greater than the maximum of 1"),
+    ("labels: {noisy: {noise: boundary, strength: 2.5}}", "labels.noisy.strength: 2.5 is not of type 'integer'"),
     ("probe: {iterations: 0, epochs: 0}", "probe.epochs: 0 with probe.iterations 0 trains nothing"),
     ("probe: {batch_size: 300, drop_last: true}", "probe.batch_size: 300 is larger than grid.finetune_sizes 250, so with "
      "probe.drop_last that run would have no batch"),
@@ -110,6 +151,8 @@ BAD_CONFIGS = [
     # duplicates would double-count a run in runs.csv and the tables
     ("grid: {seeds: [0, 0]}", "grid.seeds: [0, 0] has non-unique elements"),
     ("grid: {finetune_sizes: [250, 250]}", "grid.finetune_sizes: [250, 250] has non-unique elements"),
+    ("{data: {pets: {source: demo, test_size: 24}, demo: {pets: 40}}, grid: {finetune_sizes: [4, '25%']}}",
+     "grid.finetune_sizes: 4 and '25%' are both 4 images of the 16-image pool"),
     ("grid: {pretrain_sizes: [0, 45000, 45000]}", "grid.pretrain_sizes: [0, 45000, 45000] has non-unique"),
     ("grid: {backbones: [viny, viny]}", "grid.backbones: ['viny', 'viny'] has non-unique elements"),
     # across keys: one line naming both

@@ -10,6 +10,7 @@ from conftest import ROOT
 from sslseg import grid
 from sslseg.config import load_config, merge, validate
 from sslseg.io import UserError
+from sslseg.sizes import resolve_size
 
 
 def config(over: dict | None = None, **grid_over) -> dict:
@@ -151,8 +152,8 @@ def test_label_budgets_as_fractions_of_the_pool():
     cfg = config(pretrain_sizes=[0], intermediate=[False], finetune_sizes=["1%", 250, "100%"], seeds=[0])
     assert [grid.run_dir(r).split("/")[-1] for r in grid.runs(cfg)] == [
         "finetune-full-n1pct-s0", "finetune-full-n250-s0", "finetune-full-n100pct-s0"]
-    assert [grid.resolve_size(v, 5144) for v in ("1%", "0.5%", 250, "100%", "5pct")] == [51, 26, 250, 5144, 257]
-    assert grid.resolve_size("1%", 20) == 1  # never an empty subset
+    assert [resolve_size(v, 5144) for v in ("1%", "0.5%", 250, "100%", "5pct")] == [51, 26, 250, 5144, 257]
+    assert resolve_size("1%", 20) == 1  # never an empty subset
 
 
 def test_named_recipes_override_the_finetune_section():

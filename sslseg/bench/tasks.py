@@ -68,7 +68,7 @@ def _forever(batches: Batches) -> Iterator[dict]:
 def _longest_job(cfg: dict, task: str, s: dict) -> int:
     """Image-steps of the task's longest job in the grid: what `fit` asks use_compile about."""
     from sslseg.config import pool_size
-    from sslseg.grid import resolve_size
+    from sslseg.sizes import resolve_size
 
     pool = pool_size(cfg) or 7349 - cfg["data"]["pets"]["test_size"]  # (the real pool: the planner's estimate)
     sizes = cfg["grid"]["pretrain_sizes"] if task == "simmim" else cfg["grid"]["finetune_sizes"]

@@ -75,11 +75,18 @@ def oxford_pets(root: str | Path, download: bool = False) -> list[Record]:
     root = Path(root)
     if root.name == "oxford-iiit-pet":
         root = root.parent
-    if not download and not (root / "oxford-iiit-pet" / "annotations" / "trainval.txt").exists():
+    annotations = root / "oxford-iiit-pet" / "annotations"
+    lists = [annotations / f"{split}.txt" for split in ("trainval", "test")]
+    if not download and not lists[0].exists():
+        if (root / "oxford-iiit-pet" / "images").is_dir() and (annotations / "trimaps").is_dir():
+            raise UserError(f"{lists[0]}: missing (the list files trainval.txt and test.txt name the pets); "
+                            "re-extract annotations.tar.gz")
         raise UserError(
             f"{root / 'oxford-iiit-pet'}: no Oxford-IIIT Pet here (expected images/ and annotations/); "
             f"get it from {PET_URL_HINT} and set data.pets.root"
         )
+    if all(path.exists() for path in lists) or not download:  # (a download brings the official lists)
+        check_pet_lists(lists)
     records: list[Record] = []
     for split in ("trainval", "test"):
         try:
@@ -94,6 +101,27 @@ def oxford_pets(root: str | Path, download: bool = False) -> list[Record]:
     if not records:
         raise UserError(f"{root / 'oxford-iiit-pet'}: the list files name no images")
     return records
+
+
+def check_pet_lists(lists: Sequence[Path]) -> None:
+    """The Oxford list files as the official ones are: each present, one pet per line (name, class
+    id, species, breed id), no pet twice. torchvision would stop on a blank line with a traceback,
+    and a pet listed twice would be packed twice, so it could be drawn into the test set and into
+    a fine-tune subset at once."""
+    seen: dict[str, str] = {}
+    for path in lists:
+        if not path.exists():
+            raise UserError(f"{path}: missing (the list files trainval.txt and test.txt name the pets); "
+                            "re-extract annotations.tar.gz")
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            fields = line.split()
+            if len(fields) != 4:
+                raise UserError(f"{path}:{i}: {len(fields)} fields where the list has 4 (name, class id, species, "
+                                "breed id); fix or delete the line")
+            if fields[0] in seen:
+                raise UserError(f"{path}:{i}: {fields[0]} is listed again (first at {seen[fields[0]]}); "
+                                "delete one, or it would be packed twice")
+            seen[fields[0]] = f"{path.name}:{i}"
 
 
 HINTS = {
@@ -126,6 +154,10 @@ def image_folder(root: str | Path, classes: Sequence[str] | None = None, hint: s
     unknown = sorted(set(folder.values()) - set(index))
     if unknown:
         raise UserError(f"{root}: folder {unknown[0]!r} is not one of the expected classes {classes}")
+    empty = [c for c in classes if c not in set(folder.values())]
+    if empty:  # a classifier of len(classes) ways that never sees one of them
+        raise UserError(f"{root / empty[0]}: no images of class {empty[0]!r} (expected one folder per class: "
+                        f"{', '.join(classes)}){hint}")
     if skipped:  # after the checks above, so an error stays the only line on stderr
         print(f"sslseg: skipped {_describe(skipped, f' below {root}')}", file=sys.stderr)
     return [Record(p.relative_to(root).as_posix(), p, None, index[folder[p]]) for p in paths]

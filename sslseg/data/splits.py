@@ -9,13 +9,13 @@ subset of a size is the first rows of the seed's permutation of the pool, whatev
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from sslseg.io import UserError, atomic_path
+from sslseg.sizes import resolve_size
 
 SPLITS = ("test_draw", "train_val_test")
 
@@ -66,40 +66,10 @@ def draw_splits(n: int, settings: dict) -> tuple[np.ndarray, np.ndarray, np.ndar
     return perm[:pool], perm[pool:pool + val], perm[pool + val:]
 
 
-def parse_size(size: int | str) -> int | str:
-    """A fine-tune size as the config or a path writes it: a count (250, "250") → int; a fraction
-    of the pool ("5%", "5pct", "0.5%") → "P%"."""
-    if isinstance(size, int) and not isinstance(size, bool):
-        value: int | str = size
-    else:
-        text = str(size).strip()
-        m = re.fullmatch(r"(\d+(?:\.\d+)?)(%|pct)", text)
-        if text.isdigit():
-            value = int(text)
-        elif m and 0 < float(m.group(1)) <= 100:
-            return f"{m.group(1)}%"
-        else:
-            raise UserError(f"grid.finetune_sizes: {size!r} is neither a count of images (250) nor a fraction of "
-                            "the pool in (0, 100] % (\"5%\")")
-    if value < 1:
-        raise UserError(f"grid.finetune_sizes: {value} images is no image; use a count of at least 1")
-    return value
-
-
-def resolve(size: int | str, pool: int) -> int:
-    """A fine-tune size (`parse_size`) as a count of images of a pool of `pool`: a count as is, a
-    fraction P % → max(1, round(P/100 · pool)). The formula of sslseg.grid.resolve_size (the
-    planner's; a test holds them equal), not an import of it: this module is code of every data
-    stage (sslseg.stages.data), so importing sslseg.grid would rerun the packing on every edit
-    of the grid."""
-    value = parse_size(size)
-    return value if isinstance(value, int) else max(1, round(float(value[:-1]) / 100 * pool))
-
-
 def finetune_subset(pool: np.ndarray, size: int | str, seed: int) -> np.ndarray:
     """The first `size` rows of the pool in an order fixed by `seed`: nested across sizes, counts
-    and fractions alike (a fraction is resolved against the pool first, `resolve`)."""
-    count = resolve(size, len(pool))
+    and fractions alike (a fraction is resolved against the pool first, sslseg.sizes)."""
+    count = resolve_size(size, len(pool))
     if count > len(pool):
         raise UserError(
             f"grid.finetune_sizes: {size} is larger than the fine-tune pool of {len(pool)} images "

@@ -1,6 +1,6 @@
 # The one place for Python in the workflow: config validation, the grid's paths, input functions.
 # It imports only the standard library, sslseg's modules that need nothing else (grid, cli,
-# sourcefiles, failures, gpus) and sslseg.config (yaml and jsonschema, which Snakemake itself
+# sourcefiles, failures, gpus, sizes) and sslseg.config (yaml and jsonschema, which Snakemake itself
 # depends on), so Snakemake's own environment needs neither numpy nor torch to read it (a test checks).
 import dataclasses
 import importlib.util
@@ -26,6 +26,7 @@ from sslseg.config import (
     validate,
 )
 from sslseg.io import UserError
+from sslseg.sizes import resolve_size
 from sslseg.objectives import constant
 from sslseg.sourcefiles import module_files
 
@@ -276,9 +277,7 @@ def largest_run():
             r.labels == "full",
             r.pretrain,
             not r.intermediate,
-            grid.resolve_size(
-                r.finetune, 100_000
-            ),  # a fraction as a share of a large pool
+            resolve_size(r.finetune, 100_000),  # a fraction as a share of a large pool
         ),
     )  # ties: the first
 
