@@ -50,6 +50,11 @@ def validate(config: dict, source: str = "config") -> dict:
         message = error.message
         if error.validator == "additionalProperties":
             message = message.replace("Additional properties are not allowed", "unknown key")
+            close = _did_you_mean(error)
+            if close:
+                message, hint = f"{message}; did you mean {close!r}?", "rename it (see README's config reference)"
+        if error.validator == "pattern" and error.schema.get("description"):  # the form in words, not the regex
+            message, hint = f"{error.instance!r} does not fit this key ({error.schema['description']})", "fix it"
         raise UserError(f"{source}: {key}: {message}; {hint}")
     from sslseg import grid
 
@@ -59,6 +64,16 @@ def validate(config: dict, source: str = "config") -> dict:
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
     return config
+
+
+def _did_you_mean(error) -> str:
+    """The allowed key closest to an unknown one (a typo: 'seed' for 'seeds'), else ''."""
+    import difflib
+
+    allowed = list(error.schema.get("properties", {}))
+    unknown = [k for k in error.instance if k not in allowed] if isinstance(error.instance, dict) else []
+    close = difflib.get_close_matches(unknown[0], allowed, n=1) if unknown else []
+    return close[0] if close else ""
 
 
 def _check_finite(value, source: str, key: str = "") -> None:

@@ -187,7 +187,10 @@ BAD_CONFIGS = [
     ("objectives: {dep: {gamma_range: [0.95, 0.9]}}", "objectives.dep.gamma_range: [0.95, 0.9] is not [low, high]"),
     ("finetune: {recipe: study_d}", "finetune.recipe: 'study_d' is not in recipes (available: adamw_multistep, "
      "adam_cosine)"),
-    ("grid: {finetune_sizes: ['150%']}", "grid.finetune_sizes.0: '150%' does not match"),
+    ("grid: {finetune_sizes: ['150%']}", "grid.finetune_sizes.0: '150%' does not fit this key (a count of images "
+     "(250) or a fraction of the pool in (0, 100] % (\"5%\")); fix it"),
+    ("name: '..'", "name: '..' does not fit this key (outputs go to results/<name>/"),  # would write beside results/
+    ("grid: {seed: [0]}", "grid: unknown key ('seed' was unexpected); did you mean 'seeds'?; rename it"),
     ("grid: {pretrain_data: [animals]}", "grid.pretrain_data.0: 'animals' is not one of"),
     # fractions of a real pool (size unknown before packing) still get the recipe checks
     ("{grid: {finetune_sizes: ['5%']}, finetune: {epochs: 10}}", "finetune.milestones: 70 is not below "

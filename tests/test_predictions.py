@@ -101,6 +101,25 @@ def test_a_plain_folder_of_photos_gets_the_same_masks_named_by_relative_path(tmp
         folder_records(str(photos))
 
 
+def test_a_folder_of_photos_cannot_mix_outputs_and_inputs(tmp_path, pets_sample, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    first = sorted((pets_sample / "images").glob("*.jpg"))[0]
+    shutil.copy(first, photos / "cat.jpg")
+    (photos / "notes.txt").write_text("x")
+    shutil.copy(first, photos / "scan.tif")
+    # masks written into the folder would be read back as photos by the next run
+    for out in (photos, photos / "masks"):
+        with pytest.raises(UserError, match="inside the image folder"):
+            folder_records(str(photos), str(out))
+    assert len(folder_records(str(photos), str(tmp_path / "masks"))) == 1
+    assert "not read (not .bmp, .jpeg, .jpg, .png, .webp): 1 .tif, 1 .txt" in capsys.readouterr().err
+    # an image named like another's overlay would overwrite it
+    shutil.copy(first, photos / "cat_overlay.jpg")
+    with pytest.raises(UserError, match="images 'cat' and 'cat_overlay' would both write cat_overlay.png"):
+        folder_records(str(photos), str(tmp_path / "masks"))
+
+
 def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path, pets_sample, capsys):
     (tmp_path / "taken").write_text("")
     with pytest.raises(SystemExit) as stopped:

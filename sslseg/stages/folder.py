@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -51,20 +52,35 @@ def evaluate_folder(ckpt: str, root: str, out: Output | None = None, config: str
     return result
 
 
-def folder_records(root: str) -> list[sources.Record]:
+def folder_records(root: str, out: str | None = None) -> list[sources.Record]:
     """An Oxford-IIIT Pet root (its list files name the images) or, failing that, every image
-    below `root`, e.g. a user's own photos."""
+    below `root`, e.g. a user's own photos. `out`: where their PNGs go, refused inside such a
+    folder of images (a second run would read the first one's masks as photos)."""
     base = Path(root)
     if any((b / "annotations" / "trainval.txt").exists() for b in (base, base / "oxford-iiit-pet")):
-        return sources.oxford_pets(root)
-    records = sources.image_folder(root)
-    # an image's relative path without its suffix names its PNGs: `a.jpg` and `a.png` would share them
-    stems = [str(Path(r.name).with_suffix("")) for r in records]
+        records = sources.oxford_pets(root)
+    else:
+        if out is not None and Path(out).resolve().is_relative_to(base.resolve()):
+            raise UserError(f"{out}: inside the image folder {root}, so a later run would take these masks for "
+                            "images; choose an output folder outside it")
+        records = sources.image_folder(root)
+        other = Counter(p.suffix.lower() or "(no suffix)" for p in base.rglob("*") if p.is_file()
+                        and p.suffix.lower() not in sources.IMAGE_SUFFIXES and not p.name.startswith("."))
+        if other:  # e.g. .tif or .gif: say so rather than leave them out without a word
+            kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(other.items()))
+            print(f"sslseg: not read (not {', '.join(sorted(sources.IMAGE_SUFFIXES))}): {kinds}", file=sys.stderr)
+        # an image's relative path without its suffix names its PNGs: `a.jpg` and `a.png` would share them
+        records = [sources.Record(str(Path(r.name).with_suffix("")), r.image) for r in records]
+    stems = [r.name for r in records]
     if len(set(stems)) < len(stems):
         twin = next(s for s in stems if stems.count(s) > 1)
         raise UserError(f"{root}: two images named {twin!r} (different suffixes) would write the same masks; "
                         "rename one")
-    return [sources.Record(s, r.image) for s, r in zip(stems, records)]
+    clash = sorted(set(stems) & {f"{s}_overlay" for s in stems})
+    if clash:  # `a_overlay.png` would be both a's overlay and a_overlay's mask
+        raise UserError(f"{root}: images {clash[0].removesuffix('_overlay')!r} and {clash[0]!r} would both write "
+                        f"{clash[0]}.png (a mask and an overlay); rename one")
+    return records
 
 
 def overlay(image: np.ndarray, classes: np.ndarray, colours: np.ndarray) -> np.ndarray:
@@ -89,7 +105,7 @@ def predict_masks(ckpt: str, root: str, out: Output, config: str = "config.yaml"
 
     if Path(out).exists() and not Path(out).is_dir():  # before any work, like the CLI's writability check
         raise UserError(f"{out}: is a file, not a folder; choose another output folder")
-    records = folder_records(root)
+    records = folder_records(root, out)
     model, settings, resize = _load(ckpt, config, configfile, threads)
     size = settings["model"]["image_size"]
     for start in range(0, len(records), BLOCK):  # bounded memory for a folder of any size
