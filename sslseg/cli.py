@@ -71,6 +71,16 @@ def _json_object(flag: str) -> Callable[[str], dict]:
     return parse
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)  # (argparse turns a ValueError into "invalid ... value")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a count of at least 1")
+    return value
+
+
+_at_least_one.__name__ = "count"  # argparse's "invalid count value: 'two'"
+
+
 def command_parser(command: str, func: Callable) -> argparse.ArgumentParser:
     """A parser whose flags are `func`'s parameters: required unless they have a default."""
     doc = inspect.getdoc(func) or ""
@@ -85,6 +95,8 @@ def command_parser(command: str, func: Callable) -> argparse.ArgumentParser:
             kw["type"] = _json_object(name)
         elif typing.get_origin(base) is list:
             kw["nargs"] = "+"
+        elif name == "threads":  # torch.set_num_threads refuses 0 with a traceback
+            kw["type"] = _at_least_one
         elif base in (int, float):
             kw["type"] = base
         if param.default is inspect.Parameter.empty:

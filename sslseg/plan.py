@@ -215,14 +215,22 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
             "source": f"a {seconds:g}-s measurement per step here (eager; run python -m sslseg.bench for better figures)"}
 
 
+BENCH_KEYS = ("device", "settings", "measurements")  # what every benchmark file has, and the planner reads
+
+
 def load_bench(path: str | None) -> dict | None:
     candidates = [Path(path)] if path else [Path("BENCHMARKS.json"), ROOT / "BENCHMARKS.json"]
     for p in candidates:
         if p.exists():
+            what = "the JSON that python -m sslseg.bench --json (or sslseg.bench.gpu_smoke --json) writes"
             try:
-                return {**json.loads(p.read_text()), "source": str(p)}
-            except json.JSONDecodeError as e:
-                raise UserError(f"{p}: not a benchmark JSON ({e}); rerun python -m sslseg.bench --json {p}") from None
+                bench = json.loads(p.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise UserError(f"{p}: not a benchmark JSON ({e}); give {what}") from None
+            missing = [k for k in BENCH_KEYS if k not in bench] if isinstance(bench, dict) else list(BENCH_KEYS)
+            if missing:
+                raise UserError(f"{p}: not a benchmark (no {', '.join(missing)}); give {what}")
+            return {**bench, "source": str(p)}
     if path:
         raise UserError(f"{path}: benchmark file not found; write it with python -m sslseg.bench --json {path}")
     return None

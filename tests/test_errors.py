@@ -97,6 +97,18 @@ def test_an_intel_class_without_images_is_refused(tmp_path):
     one_line_error(proc, "sea", "no images of class")
 
 
+@pytest.mark.parametrize("content", ["{}", "[]", "nonsense"])
+def test_a_file_that_is_no_benchmark_is_one_line(tmp_path, content):
+    (tmp_path / "b.json").write_text(content)
+    one_line_error(sslseg("plan", "--bench", str(tmp_path / "b.json")), "b.json", "not a benchmark",
+                   "python -m sslseg.bench --json")
+
+
+def test_threads_below_one_is_refused_before_any_work():
+    proc = sslseg("evaluate_folder", "--ckpt", "x.pt", "--root", "nowhere", "--threads", "0")
+    assert proc.returncode == 2 and "argument --threads: 0 is not a count of at least 1" in proc.stderr
+
+
 def test_empty_image_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     proc = sslseg("pack_intermediate", "--root", str(tmp_path / "empty"), "--out", str(tmp_path / "x.h5"),

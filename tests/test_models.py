@@ -128,6 +128,10 @@ def test_whole_model_load_rejects_a_checkpoint_of_another_task(tmp_path):
     save_checkpoint(tmp_path / "cls.pt", cls, {})
     with pytest.raises(UserError, match="does not fit this model"):
         load_model(Segment(VINY32, 3, 0.0), tmp_path / "cls.pt")
-    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="corrupt or truncated checkpoint"):
-        load_model(cls, tmp_path / "bad.pt")
+    (tmp_path / "photo.pt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG given as --ckpt")  # not the user's to delete
+    with pytest.raises(UserError, match="photo.pt: not a PyTorch checkpoint; give a model.pt a training stage wrote"):
+        load_model(cls, tmp_path / "photo.pt")
+    data = (tmp_path / "cls.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])  # a torch file cut short
+    with pytest.raises(UserError, match="cut.pt: corrupt or truncated checkpoint .* delete it and rerun that stage"):
+        load_model(cls, tmp_path / "cut.pt")

@@ -64,11 +64,12 @@ def open_trimap(path: Path, size: tuple[int, int]) -> np.ndarray:
     return arr - 1
 
 
-def oxford_pets(root: str | Path, download: bool = False) -> list[Record]:
+def oxford_pets(root: str | Path, download: bool = False, key: str = "data.pets.root") -> list[Record]:
     """All Oxford-IIIT Pet images with trimaps (trainval then test list), via torchvision.
 
     `root` is the folder holding `oxford-iiit-pet/` (torchvision's convention) or
     that folder itself. The official split is ignored downstream (see splits.py).
+    `key`: the setting or flag that gave `root`, named in the error when nothing is there.
     """
     from torchvision.datasets import OxfordIIITPet
 
@@ -83,7 +84,7 @@ def oxford_pets(root: str | Path, download: bool = False) -> list[Record]:
                             "re-extract annotations.tar.gz")
         raise UserError(
             f"{root / 'oxford-iiit-pet'}: no Oxford-IIIT Pet here (expected images/ and annotations/); "
-            f"get it from {PET_URL_HINT} and set data.pets.root"
+            f"get it from {PET_URL_HINT} and set {key}"
         )
     if all(path.exists() for path in lists) or not download:  # (a download brings the official lists)
         check_pet_lists(lists)

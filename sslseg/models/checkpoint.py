@@ -38,7 +38,12 @@ def read_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
     except Exception as e:  # torch raises several types for truncated/corrupt files
-        raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); delete it and rerun its stage") from None
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch.save's zip nor its older pickle
+            raise UserError(f"{path}: not a PyTorch checkpoint; give a model.pt a training stage wrote") from None
+        raise UserError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}); if a stage of the workflow "
+                        "wrote it, delete it and rerun that stage") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise UserError(f"{path}: not an sslseg checkpoint (no 'model' entry)")
     return ckpt

@@ -42,7 +42,7 @@ def evaluate_folder(ckpt: str, root: str, out: Output | None = None, config: str
     The model settings come from the checkpoint; device and batch size from the config."""
     model, settings, resize = _load(ckpt, config, configfile, threads)
     m = settings["model"]
-    records = sources.oxford_pets(root)
+    records = sources.oxford_pets(root, key="--root")
     arrays = load_arrays(records, m["image_size"], resize, threads)
     result = {**score_segmenter((model, settings), arrays), "images": len(records), "checkpoint": str(ckpt),
               "model": m}
@@ -58,12 +58,12 @@ def folder_records(root: str, out: str | None = None) -> list[sources.Record]:
     folder of images (a second run would read the first one's masks as photos)."""
     base = Path(root)
     if any((b / "annotations" / "trainval.txt").exists() for b in (base, base / "oxford-iiit-pet")):
-        records = sources.oxford_pets(root)
+        records = sources.oxford_pets(root, key="--root")
     else:
         if out is not None and Path(out).resolve().is_relative_to(base.resolve()):
             raise UserError(f"{out}: inside the image folder {root}, so a later run would take these masks for "
                             "images; choose an output folder outside it")
-        records = sources.image_folder(root)
+        records = sources.image_folder(root, hint="check --root")
         other = Counter(p.suffix.lower() or "(no suffix)" for p in base.rglob("*") if p.is_file()
                         and p.suffix.lower() not in sources.IMAGE_SUFFIXES and not p.name.startswith("."))
         if other:  # e.g. .tif or .gif: say so rather than leave them out without a word
