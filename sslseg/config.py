@@ -100,11 +100,7 @@ def _check_across_keys(config: dict) -> None:
                         f"backbones {', '.join(patched)} cut the image into patches); use {' or '.join(map(str, near))}")
     _check_names(config)
     counts = known_counts(config)
-    if pool_size(config) is not None and len(set(counts)) < len(counts):  # e.g. 4 and "25%" of a 16-pet pool
-        sizes = g["finetune_sizes"]
-        i, j = next((i, j) for j in range(len(counts)) for i in range(j) if counts[i] == counts[j])
-        raise UserError(f"grid.finetune_sizes: {sizes[i]!r} and {sizes[j]!r} are both {counts[i]} images of the "
-                        f"{pool_size(config)}-image pool, so every run of that size would be trained twice; keep one")
+    _check_same_sizes(g["finetune_sizes"], pool_size(config))
     # which stages run (fractions count even where the pool, and so their image count, is unknown)
     used = {"pretrain": [n for n in g["pretrain_sizes"] if n > 0], "intermediate": [True] if any(g["intermediate"])
             else [], **{a: g["finetune_sizes"] for a in ("finetune", "probe") if a in g["adaptations"]}}
@@ -162,6 +158,22 @@ def _check_across_keys(config: dict) -> None:
     if data["pretrain"]["source"] == "demo" and max(g["pretrain_sizes"]) > demo["pretrain"]:
         raise UserError(f"grid.pretrain_sizes: {max(g['pretrain_sizes'])} is larger than data.demo.pretrain "
                         f"{demo['pretrain']} generated images; raise data.demo.pretrain or lower the size")
+
+
+def _check_same_sizes(sizes: list, pool: int | None) -> None:
+    """Two label budgets that are one: "5%" and "5.0%" always, 4 and "25%" of a 16-image pool (where
+    the pool is known), would train and score every run of that size twice (under two paths)."""
+    from sslseg.sizes import parse_size, resolve_size
+
+    parsed = [parse_size(v) for v in sizes]
+    same = (lambda a, b: resolve_size(a, pool) == resolve_size(b, pool)) if pool is not None else \
+        (lambda a, b: isinstance(a, str) and isinstance(b, str) and float(a[:-1]) == float(b[:-1]))
+    for j in range(len(sizes)):
+        for i in range(j):
+            if same(parsed[i], parsed[j]):
+                n = f"{resolve_size(parsed[i], pool)} of the {pool}-image pool" if pool is not None else "one budget"
+                raise UserError(f"grid.finetune_sizes: {sizes[i]!r} and {sizes[j]!r} are {n}, so every run of that "
+                                "size would be trained twice; keep one")
 
 
 def pool_size(config: dict) -> int | None:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from sslseg import grid
 from sslseg.config import load_config, rule_resources, stage_settings
-from sslseg.sizes import resolve_size
 from sslseg.io import UserError
+from sslseg.sizes import resolve_size
 
 ROOT = Path(__file__).resolve().parents[1]
 # Published sizes, used until the workflow has packed the real sets (their packs are then read);

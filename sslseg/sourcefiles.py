@@ -23,9 +23,17 @@ from typing import Iterable
 
 PACKAGE = "sslseg"
 # How a job runs, never what it computes (like the `runtime:` settings): the warm-start hand-off
-# and the GPU slot claim of `python -m sslseg`, and the private folder both keep their files in.
+# and the GPU slot claim of `python -m sslseg`, the private folder both keep their files in, and
+# this module (which files count as a stage's code; a training stage hashes them for its resume).
 # Not stage code, so editing them reruns nothing.
-NOT_CODE = frozenset({"sslseg.warm", "sslseg.gpus", "sslseg.userdir"})
+NOT_CODE = frozenset({"sslseg.warm", "sslseg.gpus", "sslseg.userdir", "sslseg.sourcefiles"})
+
+
+def command_files(entry: str, modules: Iterable[str], root: str | Path) -> list[str]:
+    """The files a rule's command runs (`python -m sslseg` with its stage module `entry`, plus the
+    `modules` it imports by name at run time, e.g. its objective): the workflow's code inputs of a
+    rule, and what a training stage's resume must have been written by."""
+    return module_files([entry, "sslseg.__main__", *modules], root)
 
 
 def module_files(modules: Iterable[str], root: str | Path) -> list[str]:

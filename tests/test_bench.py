@@ -307,3 +307,17 @@ def test_a_compiled_task_runs_its_compiled_step(tmp_path, monkeypatch):
     torch._dynamo.reset()
     assert r["settings"]["compile"] is True
     assert {"a", "b", "c", "d", "e"} <= set(r["measurements"])  # e: the same step uncompiled
+
+
+def test_the_compile_decision_sizes_the_default_grids_longest_jobs():
+    """The full benchmark asks use_compile about the grid's longest job of each task; the default
+    grid has pretraining size 0 (none) and fraction-free budgets."""
+    from sslseg.bench.tasks import _longest_job
+    from sslseg.config import stage_settings
+    from sslseg import grid
+
+    cfg = load_config(ROOT / "config.yaml")
+    pre = stage_settings(cfg, "pretrain", grid.first_run(cfg, "pretrain"))
+    tune = stage_settings(cfg, "finetune", grid.first_run(cfg, "finetune"))
+    assert _longest_job(cfg, "simmim", pre) == 200_000 // 64 * 64 * 100  # 200k images x 100 epochs, whole batches
+    assert _longest_job(cfg, "finetune", tune) == 6_000 // 64 * 64 * 100  # 6,000 pets, the largest budget

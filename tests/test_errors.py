@@ -164,7 +164,10 @@ BAD_CONFIGS = [
     ("grid: {seeds: [0, 0]}", "grid.seeds: [0, 0] has non-unique elements"),
     ("grid: {finetune_sizes: [250, 250]}", "grid.finetune_sizes: [250, 250] has non-unique elements"),
     ("{data: {pets: {source: demo, test_size: 24}, demo: {pets: 40}}, grid: {finetune_sizes: [4, '25%']}}",
-     "grid.finetune_sizes: 4 and '25%' are both 4 images of the 16-image pool"),
+     "grid.finetune_sizes: 4 and '25%' are 4 of the 16-image pool, so every run of that size would be trained twice"),
+    ("grid: {finetune_sizes: ['5%', '5.0%']}", "grid.finetune_sizes: '5%' and '5.0%' are one budget"),
+    ("labels: {noisy: {noise: flip}}", "labels.noisy.strength: 16 is greater than the maximum of 1"),
+    ("labels: {noisy: {strength: 0}}", "labels.noisy.strength: 0 is less than the minimum of 1"),  # coarse, the default
     ("grid: {pretrain_sizes: [0, 45000, 45000]}", "grid.pretrain_sizes: [0, 45000, 45000] has non-unique"),
     ("grid: {backbones: [viny, viny]}", "grid.backbones: ['viny', 'viny'] has non-unique elements"),
     # across keys: one line naming both

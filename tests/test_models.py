@@ -131,6 +131,8 @@ def test_whole_model_load_rejects_a_checkpoint_of_another_task(tmp_path):
     (tmp_path / "photo.pt").write_bytes(b"\xff\xd8\xff\xe0 a JPEG given as --ckpt")  # not the user's to delete
     with pytest.raises(UserError, match="photo.pt: not a PyTorch checkpoint; give a model.pt a training stage wrote"):
         load_model(cls, tmp_path / "photo.pt")
+    with pytest.raises(UserError, match="a folder, not a checkpoint; give the model.pt inside it"):
+        load_model(cls, tmp_path)
     data = (tmp_path / "cls.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])  # a torch file cut short
     with pytest.raises(UserError, match="cut.pt: corrupt or truncated checkpoint .* delete it and rerun that stage"):

@@ -71,8 +71,10 @@ def _longest_job(cfg: dict, task: str, s: dict) -> int:
     from sslseg.sizes import resolve_size
 
     pool = pool_size(cfg) or 7349 - cfg["data"]["pets"]["test_size"]  # (the real pool: the planner's estimate)
-    sizes = cfg["grid"]["pretrain_sizes"] if task == "simmim" else cfg["grid"]["finetune_sizes"]
-    size = max(resolve_size(v, pool) for v in sizes)
+    if task == "simmim":  # counts of images (0: no pretraining)
+        size = max(cfg["grid"]["pretrain_sizes"])
+    else:  # label budgets: counts, or fractions of the pool
+        size = max(resolve_size(v, pool) for v in cfg["grid"]["finetune_sizes"])
     return total_steps(s, max(1, size // s["batch_size"])) * s["batch_size"]
 
 

@@ -37,6 +37,10 @@ def read_checkpoint(path: str | Path) -> dict:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{path}: checkpoint not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a folder, not a checkpoint; give the model.pt inside it") from None
+    except PermissionError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror}); fix its permissions") from None
     except Exception as e:  # torch raises several types for truncated/corrupt files
         with open(path, "rb") as f:
             head = f.read(4)

@@ -21,7 +21,7 @@ from sslseg.models.weights import load_weights
 from sslseg.objectives import build_objective
 from sslseg.optim import device_scaling, scale_for_device
 from sslseg.runtime import job_runtime
-from sslseg.sourcefiles import module_files
+from sslseg.sourcefiles import command_files
 from sslseg.train import fit, pick_device
 from sslseg.validate import segmentation_validator
 
@@ -34,17 +34,18 @@ def resume_inputs(settings: dict, pack_file: str, rows: np.ndarray | None, label
     tracks for it). A pretraining rerun changes its checkpoint, so a fine-tune stopped part-way
     before starts over rather than finishing from the old pretraining."""
     def identity(path: str | None) -> list | None:
+        # not the path: the same file named another way (--directory, an absolute path) still resumes
         if not path:
             return None
         try:
             st = os.stat(path)
         except OSError:  # missing: the stage's reader says so in its own words
-            return [str(path), None, None]
-        return [str(path), st.st_size, st.st_mtime_ns]
+            return [None, None]
+        return [st.st_size, st.st_mtime_ns]
 
     root = Path(__file__).resolve().parents[2]  # the folder holding sslseg/
     code = hashlib.sha256()
-    for f in module_files(["sslseg.stages.train", "sslseg.__main__", f"sslseg.objectives.{settings['objective']}"], root):
+    for f in command_files("sslseg.stages.train", [f"sslseg.objectives.{settings['objective']}"], root):
         code.update(f.encode() + b"\0" + (root / f).read_bytes())
     return {"pack": identity(pack_file), "labels": identity(labels),
             "init": identity(init or settings["model"].get("weights")),

@@ -26,9 +26,9 @@ from sslseg.config import (
     validate,
 )
 from sslseg.io import UserError
-from sslseg.sizes import resolve_size
 from sslseg.objectives import constant
-from sslseg.sourcefiles import module_files
+from sslseg.sizes import resolve_size
+from sslseg.sourcefiles import command_files
 
 try:
     validate(config, "config (config.yaml + --configfile/--config)")
@@ -85,7 +85,7 @@ def code(rule, *modules):
     Snakemake does not track imports, so this is what makes a code change rerun the stage.
     `modules`: what the stage imports by name at run time (its objective)."""
     entry = COMMANDS[rule].split(":")[0]
-    files = module_files([entry, "sslseg.__main__", *modules], workflow.basedir)
+    files = command_files(entry, modules, workflow.basedir)
     return [os.path.relpath(os.path.join(workflow.basedir, f)) for f in files]
 
 
