@@ -73,3 +73,27 @@ def test_the_sample_readme_says_what_its_csvs_hold():
         assert (float(d_mean.replace("−", "-")), float(d_se)) == (round(d.delta_mean, 2), round(d.delta_se, 2))
         assert (beyond == "yes") == bool(d.beyond_2se)
     assert readme["beyond"] == (int(delta.beyond_2se.sum()), len(delta))
+
+
+LONG = SAMPLE.parent / "sample-long"
+
+
+def test_the_sample_long_readme_says_what_its_csvs_and_the_samples_hold():
+    """Each row of its table: the 4,800-step runs from its own CSVs, the 1,200-step ones from the
+    sample's, at 300 pets and seed 0."""
+    rows = re.findall(r"^\| (no pretraining|1,000-image SimMIM) \| ([\d,]+)[^|]* \| (\d+\.\d\d) \| (\d+\.\d\d) \| "
+                      r"(\d\.\d{3}) \| (\d\.\d{3}) \| −(\d+\.\d) % \|$", (LONG / "README.md").read_text(), re.M)
+    assert len(rows) == 4, "the README's table is not where this test reads it"
+    for name, steps, miou, acc, border, loss, change in rows:
+        folder, pretrain = (LONG, 0) if name == "no pretraining" else (LONG, 1000)
+        if steps == "1,200":
+            folder = SAMPLE
+        runs = pd.read_csv(folder / "runs.csv")
+        run = runs[(runs.pretrain == pretrain) & (runs.finetune == 300) & (runs.seed == 0)].iloc[0]
+        assert (float(miou), float(acc)) == (round(100 * run.miou, 2), round(100 * run.pixel_acc, 2))
+        assert float(border) == round(run.iou_border, 3)
+        conv = pd.read_csv(folder / "convergence.csv")
+        tag = "scratch" if pretrain == 0 else "simmim-random-1000"
+        c = conv[conv.run == f"runs/viny/{tag}-i0/finetune-full-n300-s0"].iloc[0]
+        assert float(loss) == round(c.final_loss, 3) and -float(change) == round(100 * c.last_10pct_change, 1)
+        assert c.epochs == (253 if steps == "4,800" else 64)
