@@ -1,8 +1,10 @@
 """Label budgets: a fine-tune size as the config or a path writes it, and as a count of images.
 
-One definition for the grid and planner (sslseg.grid) and for the splits stage
-(sslseg.data.splits). Kept apart from both, with no import but sslseg.io, because it is code of
-every data stage: the workflow reruns a stage when a file its command imports changes.
+One definition for the config checks, the planner and the workflow's input functions
+(sslseg.config, sslseg.plan, workflow/rules/common.smk) and for the splits stage
+(sslseg.data.splits). Kept apart, with no import but sslseg.io, because it is code of every data
+stage (the workflow reruns a stage when a file its command imports changes) and Snakemake's own
+environment imports it (the standard library only).
 """
 
 from __future__ import annotations

@@ -107,6 +107,8 @@ def test_a_folder_of_photos_cannot_mix_outputs_and_inputs(tmp_path, pets_sample,
     first = sorted((pets_sample / "images").glob("*.jpg"))[0]
     shutil.copy(first, photos / "cat.jpg")
     (photos / "notes.txt").write_text("x")
+    (photos / ".git").mkdir()
+    (photos / ".git" / "HEAD").write_text("ref")  # a hidden folder: not the user's photos, not counted
     shutil.copy(first, photos / "scan.tif")
     # masks written into the folder would be read back as photos by the next run
     for out in (photos, photos / "masks"):

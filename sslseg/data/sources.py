@@ -172,7 +172,7 @@ SKIP_REASONS = {
 }
 
 
-def _junk_folder(parts: Sequence[str]) -> bool:
+def junk_folder(parts: Sequence[str]) -> bool:
     """A path inside `__MACOSX/` (zip metadata from macOS) or a hidden folder."""
     return any(d == "__MACOSX" or d.startswith(".") for d in parts)
 
@@ -196,7 +196,7 @@ def _list_images(root: Path) -> tuple[list[Path], Counter[str]]:
             continue
         if p.name.startswith("._"):
             skipped["appledouble"] += 1
-        elif _junk_folder(p.relative_to(root).parts[:-1]):
+        elif junk_folder(p.relative_to(root).parts[:-1]):
             skipped["hidden"] += 1  # else the folder would become a class (.ipynb_checkpoints too)
         elif st.st_size == 0:
             skipped["empty"] += 1
@@ -258,7 +258,7 @@ def extract_intel(archive: str, out: Output) -> Path:
         for split in ("seg_train", "seg_test"):  # check both before moving either: no half output
             # a macOS-made zip also holds __MACOSX/seg_train/<class>/ full of '._' files: not that one
             found[split] = sorted(p for p in tmp.rglob(split) if p.is_dir()
-                                  and not _junk_folder(p.relative_to(tmp).parts)
+                                  and not junk_folder(p.relative_to(tmp).parts)
                                   and any(c.name in INTEL_CLASSES for c in p.iterdir()))
             if not found[split]:
                 raise UserError(f"{archive}: no {split}/<class>/ folders inside; is this the Intel Image "

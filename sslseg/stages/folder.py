@@ -64,8 +64,9 @@ def folder_records(root: str, out: str | None = None) -> list[sources.Record]:
             raise UserError(f"{out}: inside the image folder {root}, so a later run would take these masks for "
                             "images; choose an output folder outside it")
         records = sources.image_folder(root, hint="check --root")
-        other = Counter(p.suffix.lower() or "(no suffix)" for p in base.rglob("*") if p.is_file()
-                        and p.suffix.lower() not in sources.IMAGE_SUFFIXES and not p.name.startswith("."))
+        other = Counter(p.suffix.lower() or "(no suffix)" for p in base.rglob("*")
+                        if p.suffix.lower() not in sources.IMAGE_SUFFIXES and not p.name.startswith(".")
+                        and not sources.junk_folder(p.relative_to(base).parts[:-1]) and p.is_file())
         if other:  # e.g. .tif or .gif: say so rather than leave them out without a word
             kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(other.items()))
             print(f"sslseg: not read (not {', '.join(sorted(sources.IMAGE_SUFFIXES))}): {kinds}", file=sys.stderr)
