@@ -55,6 +55,8 @@ def validate(config: dict, source: str = "config") -> dict:
                 message, hint = f"{message}; did you mean {close!r}?", "rename it (see README's config reference)"
         if error.validator == "pattern" and error.schema.get("description"):  # the form in words, not the regex
             message, hint = f"{error.instance!r} does not fit this key ({error.schema['description']})", "fix it"
+        if error.validator == "type" and _number_as_text(error.instance):  # Snakemake's --config k={"a": [0]}
+            hint = "a value inside a --config mapping arrives as text: set this key in a --configfile instead"
         raise UserError(f"{source}: {key}: {message}; {hint}")
     from sslseg import grid
 
@@ -64,6 +66,17 @@ def validate(config: dict, source: str = "config") -> dict:
     except UserError as e:
         raise UserError(f"{source}: {e}") from None
     return config
+
+
+def _number_as_text(value) -> bool:
+    """A string that reads as a number or boolean: how a nested value given on Snakemake's command
+    line (--config 'grid={"seeds": [0]}') reaches the config."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return isinstance(yaml.safe_load(value), (int, float, bool))
+    except yaml.YAMLError:
+        return False
 
 
 def _did_you_mean(error) -> str:

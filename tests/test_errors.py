@@ -137,7 +137,10 @@ def test_finetune_size_larger_than_the_pool(tmp_path):
 # (after "<configfile>: "). Each is caught by sslseg.config.validate, which the Snakefile runs
 # before planning and every command runs before its first step.
 BAD_CONFIGS = [
-    ("grid: {seeds: [zero]}", "grid.seeds.0: 'zero' is not of type 'integer'"),
+    ("grid: {seeds: [zero]}", "grid.seeds.0: 'zero' is not of type 'integer'; see the schema's description"),
+    # as Snakemake's --config 'grid={"seeds": [0]}' passes it
+    ("grid: {seeds: ['0']}", "grid.seeds.0: '0' is not of type 'integer'; a value inside a --config mapping arrives "
+     "as text: set this key in a --configfile instead"),
     ("finetune: {lerning_rate: 0.1}", "finetune: unknown key ('lerning_rate' was unexpected)"),
     ("grid: {objectives: [simmmim]}", "grid.objectives: 'simmmim' is unknown; available: ddep, dep, mae, simmim"),
     ("grid: {objectives: [segment]}", "grid.objectives: 'segment' is not a pretraining objective"),
