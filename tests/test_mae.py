@@ -34,7 +34,7 @@ def first_block_input(model: MAE, batch: dict, gen: torch.Generator | None = Non
 
 
 def test_random_masking_is_maes_per_sample_shuffle_and_reproducible():
-    mask, ids_restore = random_masking(8, 16, 0.75, torch.device("cpu"), torch.Generator().manual_seed(0))
+    mask, ids_restore = random_masking(torch.rand(8, 16, generator=torch.Generator().manual_seed(0)), 0.75)
     assert mask.dtype == torch.bool and (mask.sum(1) == 12).all()  # keep round(0.25 * 16) = 4
     assert len({tuple(m.tolist()) for m in mask}) > 1  # positions differ per sample
     # models_mae.py random_masking on the same noise: keep the 4 smallest, unshuffle a 0/1 mask
@@ -44,9 +44,9 @@ def test_random_masking_is_maes_per_sample_shuffle_and_reproducible():
     ref[:, :4] = 0
     assert torch.equal(mask, torch.gather(ref, 1, ids_shuffle.argsort(1)).bool())
     assert torch.equal(ids_restore, ids_shuffle.argsort(1))
-    again, _ = random_masking(8, 16, 0.75, torch.device("cpu"), torch.Generator().manual_seed(0))
+    again, _ = random_masking(torch.rand(8, 16, generator=torch.Generator().manual_seed(0)), 0.75)
     assert torch.equal(mask, again)
-    assert (random_masking(1, 10, 0.9, torch.device("cpu"))[0].sum() == 9).all()  # int() would keep 0
+    assert (random_masking(torch.rand(1, 10), 0.9)[0].sum() == 9).all()  # int() would keep 0
 
 
 def test_a_given_mask_overrides_the_draw_and_must_be_even():

@@ -71,7 +71,7 @@ def test_patchify_roundtrip_and_pixel_head_layout():
 
 
 def test_random_mask_hides_exactly_the_ratio_in_every_sample():
-    mask = random_mask(16, 64, 0.5, torch.device("cpu"), torch.Generator().manual_seed(0))
+    mask = random_mask(torch.rand(16, 64, generator=torch.Generator().manual_seed(0)), 0.5)
     assert mask.dtype == torch.bool and (mask.sum(1) == 32).all()
     assert not torch.equal(mask[0], mask[1])  # per-sample positions
 

@@ -54,14 +54,13 @@ class DeP(nn.Module):
         self.gamma = 1.0 / (1.0 + sigma**2)  # eq. 5
         self.gamma_range = tuple(float(g) for g in gamma_range)
 
-    def noise_levels(self, b: int, device: torch.device, gen: torch.Generator | None = None,
-                     u: torch.Tensor | None = None) -> torch.Tensor:
-        """γ per image (B,): the fixed 1/(1+σ²), or U(a, b) when a range is set: from `u` (B,)
-        uniform, else drawn on `device` (from `gen`, else the global RNG)."""
+    def noise_levels(self, b: int, device: torch.device, u: torch.Tensor | None = None) -> torch.Tensor:
+        """γ per image (B,): the fixed 1/(1+σ²), or U(a, b) when a range is set, from `u` (B,)
+        uniform (`draw`'s "gamma_u")."""
         if not self.gamma_range:
             return torch.full((b,), self.gamma, device=device)
         lo, hi = self.gamma_range
-        return lo + (hi - lo) * (torch.rand(b, generator=gen, device=device) if u is None else u)
+        return lo + (hi - lo) * u
 
     def draw(self, batch: dict, gen: torch.Generator | None = None) -> dict:
         """The batch with the step's random inputs added, unless it has them: "gamma_u" (B,)

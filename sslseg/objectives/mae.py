@@ -62,15 +62,12 @@ def decoder_settings(settings: dict) -> dict:
     return d
 
 
-def random_masking(b: int, n: int, ratio: float, device: torch.device, gen: torch.Generator | None = None,
-                   noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(noise: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
     """MAE's per-sample random masking: keep the round((1 - ratio)·N) patches with the smallest
-    noise. Returns mask (B, N) bool (True = removed) and ids_restore (B, N): the position of each
-    patch in the shuffled order (visible first). `noise` (B, N) uniform, else drawn on `device`,
-    from `gen` (a generator there: sslseg.train.make_generator) or its global RNG: no host copy."""
-    keep = int(round((1 - ratio) * n))
-    if noise is None:
-        noise = torch.rand(b, n, generator=gen, device=device)
+    `noise` (B, N) uniform (`MAE.draw`'s, drawn on the batch's device). Returns mask (B, N) bool
+    (True = removed) and ids_restore (B, N): the position of each patch in the shuffled order
+    (visible first)."""
+    keep = int(round((1 - ratio) * noise.shape[1]))
     ids_restore = noise.argsort(dim=1).argsort(dim=1)
     return ids_restore >= keep, ids_restore
 
@@ -165,11 +162,10 @@ class MAE(nn.Module):
         under norm_pix_loss, as MAE's visualisation does), "mask": (B, N) bool}."""
         batch = self.draw(batch, gen)
         images = batch["images"]
-        b, n = images.shape[0], self.grid[0] * self.grid[1]
         mask = batch.get("mask")
         if mask is None:
-            mask, ids_restore = random_masking(b, n, self.mask_ratio, images.device, noise=batch["mask_noise"])
-            keep = int(round((1 - self.mask_ratio) * n))
+            mask, ids_restore = random_masking(batch["mask_noise"], self.mask_ratio)
+            keep = int(round((1 - self.mask_ratio) * mask.shape[1]))
         else:
             ids_restore, keep = masking_of(mask)
         ids_keep = ids_restore.argsort(dim=1)[:, :keep]

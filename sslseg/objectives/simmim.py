@@ -20,14 +20,10 @@ def build(settings: dict) -> SimMIM:
     return SimMIM(settings["model"], settings["mask_ratio"])
 
 
-def random_mask(b: int, n: int, ratio: float, device: torch.device, gen: torch.Generator | None = None,
-                noise: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, N) bool, exactly round(ratio * N) patches masked in every sample: the smallest of
-    `noise` (B, N) uniform, else drawn on `device` from `gen` (a generator there:
-    sslseg.train.make_generator) or its global RNG: no host copy."""
-    k = int(round(ratio * n))
-    if noise is None:
-        noise = torch.rand(b, n, generator=gen, device=device)
+def random_mask(noise: torch.Tensor, ratio: float) -> torch.Tensor:
+    """(B, N) bool, exactly round(ratio * N) patches masked in every sample: those with the
+    smallest of `noise` (B, N) uniform (`SimMIM.draw`'s, drawn on the batch's device)."""
+    k = int(round(ratio * noise.shape[1]))
     ranks = noise.argsort(dim=1).argsort(dim=1)
     return ranks < k
 
@@ -61,10 +57,9 @@ class SimMIM(nn.Module):
         {"pred": (B, 3, H, W), "mask": (B, N) bool}."""
         batch = self.draw(batch, gen)
         images = batch["images"]
-        n = (images.shape[-2] // self.patch_size) * (images.shape[-1] // self.patch_size)
         mask = batch.get("mask")
         if mask is None:
-            mask = random_mask(images.shape[0], n, self.mask_ratio, images.device, noise=batch["mask_noise"])
+            mask = random_mask(batch["mask_noise"], self.mask_ratio)
         pred = self.head(self.backbone.forward_maps(images, mask, self.mask_token))
         err = F.l1_loss(patchify(pred, self.patch_size), patchify(images, self.patch_size), reduction="none")
         m = mask.unsqueeze(-1).to(err.dtype)
