@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import statistics
 import sys
 import tempfile
@@ -43,7 +42,7 @@ from sslseg.bench.tasks import _forever, bench_eval, bench_pack, task_settings
 from sslseg.bench.timing import count_flops, interleaved, peak_mb, reset_peak
 from sslseg.config import load_config, runtime_settings
 from sslseg.data.augment import make_transform
-from sslseg.io import UserError
+from sslseg.io import UserError, write_json
 from sslseg.objectives import build_objective
 from sslseg.optim import lr_at, make_optimizer, scale_for_device
 from sslseg.train import autocast, compile_step, fit, make_generator, train_step, use_compile
@@ -268,10 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
     def save() -> None:  # after every section: a run cut short (a time limit) keeps what it measured
         out["wall_s"] = round(time.perf_counter() - t0, 1)
         if args.json:
-            path = Path(args.json)
-            part = path.with_name(path.name + ".part")
-            part.write_text(json.dumps(out, indent=2) + "\n")
-            part.replace(path)
+            write_json(args.json, out)  # atomically: a reader never sees half a file
 
     with tempfile.TemporaryDirectory(prefix="sslseg-gpu-smoke-") as tmp_name:
         smoke(cfg, device, sizes, mult, runtime, Path(tmp_name), out, save)
