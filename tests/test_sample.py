@@ -78,22 +78,43 @@ def test_the_sample_readme_says_what_its_csvs_hold():
 LONG = SAMPLE.parent / "sample-long"
 
 
+def _cell(folder: Path, pretrain: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The 300-pet runs of one pretraining, and their rows of convergence.csv."""
+    runs = pd.read_csv(folder / "runs.csv")
+    runs = runs[(runs.pretrain == pretrain) & (runs.finetune == 300)]
+    tag = "scratch" if pretrain == 0 else "simmim-random-1000"
+    conv = pd.read_csv(folder / "convergence.csv")
+    return runs, conv[conv.run.str.startswith(f"runs/viny/{tag}-i0/finetune-full-n300-")]
+
+
+def _signed(text: str) -> float:
+    return float(text.replace("−", "-"))
+
+
 def test_the_sample_long_readme_says_what_its_csvs_and_the_samples_hold():
-    """Each row of its table: the 4,800-step runs from its own CSVs, the 1,200-step ones from the
-    sample's, at 300 pets and seed 0."""
-    rows = re.findall(r"^\| (no pretraining|1,000-image SimMIM) \| ([\d,]+)[^|]* \| (\d+\.\d\d) \| (\d+\.\d\d) \| "
-                      r"(\d\.\d{3}) \| (\d\.\d{3}) \| −(\d+\.\d) % \|$", (LONG / "README.md").read_text(), re.M)
-    assert len(rows) == 4, "the README's table is not where this test reads it"
-    for name, steps, miou, acc, border, loss, change in rows:
-        folder, pretrain = (LONG, 0) if name == "no pretraining" else (LONG, 1000)
-        if steps == "1,200":
-            folder = SAMPLE
-        runs = pd.read_csv(folder / "runs.csv")
-        run = runs[(runs.pretrain == pretrain) & (runs.finetune == 300) & (runs.seed == 0)].iloc[0]
-        assert (float(miou), float(acc)) == (round(100 * run.miou, 2), round(100 * run.pixel_acc, 2))
-        assert float(border) == round(run.iou_border, 3)
-        conv = pd.read_csv(folder / "convergence.csv")
-        tag = "scratch" if pretrain == 0 else "simmim-random-1000"
-        c = conv[conv.run == f"runs/viny/{tag}-i0/finetune-full-n300-s0"].iloc[0]
-        assert float(loss) == round(c.final_loss, 3) and -float(change) == round(100 * c.last_10pct_change, 1)
-        assert c.epochs == (253 if steps == "4,800" else 64)
+    """Its per-pretraining rows (4,800 steps from its own CSVs, 1,200 from the sample's, the 300-pet
+    cell, the same 4 seeds) and its paired differences."""
+    text = (LONG / "README.md").read_text()
+    rows = re.findall(r"^\| (no pretraining|1,000-image SimMIM) \| ([\d,]+)[^|]* \| (\d+\.\d\d) ± (\d+\.\d\d) \| "
+                      r"(\d+\.\d\d) ± (\d+\.\d\d) \| (\d\.\d{3}) \| (\d\.\d{3}) \| (−\d+\.\d) to (−\d+\.\d) % \|$", text, re.M)
+    deltas = re.findall(r"^\| ([\d,]+)[^|]* \| ([+−]\d+\.\d\d) ± (\d+\.\d\d) \| (yes|no) \|$", text, re.M)
+    lowest = re.search(r"lowest border IoU of the 4,800-step runs: \*\*(\d\.\d{3})\*\*", text)
+    assert len(rows) == 4 and len(deltas) == 2 and lowest, "the README's tables are not where this test reads them"
+    for name, steps, miou, miou_sd, acc, acc_sd, border, loss, change_lo, change_hi in rows:
+        folder = SAMPLE if steps == "1,200" else LONG
+        runs, conv = _cell(folder, 0 if name == "no pretraining" else 1000)
+        assert len(runs) == len(conv) == 4 and sorted(runs.seed) == [0, 1, 2, 3]
+        assert (float(miou), float(miou_sd)) == (round(100 * runs.miou.mean(), 2), round(100 * runs.miou.std(), 2))
+        assert (float(acc), float(acc_sd)) == (round(100 * runs.pixel_acc.mean(), 2),
+                                               round(100 * runs.pixel_acc.std(), 2))
+        assert float(border) == round(runs.iou_border.min(), 3)
+        assert float(loss) == round(conv.final_loss.mean(), 3)
+        assert (_signed(change_lo), _signed(change_hi)) == (round(100 * conv.last_10pct_change.min(), 1),
+                                                            round(100 * conv.last_10pct_change.max(), 1))
+        assert set(conv.epochs) == {253 if steps == "4,800" else 64}
+    for steps, mean, se, beyond in deltas:
+        delta = pd.read_csv((SAMPLE if steps == "1,200" else LONG) / "pretrain_delta.csv")
+        d = delta[delta.finetune == 300].iloc[0]
+        assert (_signed(mean), float(se), d.seeds) == (round(d.delta_mean, 2), round(d.delta_se, 2), 4)
+        assert (beyond == "yes") == bool(d.beyond_2se)
+    assert float(lowest[1]) == round(pd.read_csv(LONG / "runs.csv").iou_border.min(), 3)
