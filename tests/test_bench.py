@@ -321,3 +321,21 @@ def test_the_compile_decision_sizes_the_default_grids_longest_jobs():
     tune = stage_settings(cfg, "finetune", grid.first_run(cfg, "finetune"))
     assert _longest_job(cfg, "simmim", pre) == 200_000 // 64 * 64 * 100  # 200k images x 100 epochs, whole batches
     assert _longest_job(cfg, "finetune", tune) == 6_000 // 64 * 64 * 100  # 6,000 pets, the largest budget
+
+
+def test_the_step_profile_times_each_batch_size_and_splits_the_step(capsys):
+    """python -m sslseg.bench.profile: a row per batch size asked, its time, and shares of the step
+    that cover it once (no operation counted twice: they sum to 1)."""
+    from sslseg.bench import profile
+
+    rows = profile.main(["--configfile", str(TINY), "--task", "finetune", "--batch-sizes", "2", "4", "--steps", "2",
+                         "--device", "cpu"])
+    assert [r["batch_size"] for r in rows] == [2, 4]
+    for r in rows:
+        assert r["ms_per_step"] > 0 and r["images_per_s"] == pytest.approx(1000 * r["batch_size"] / r["ms_per_step"])
+        assert sum(r["shares"].values()) == pytest.approx(1.0)
+        assert r["shares"]["matrix products"] > 0 and r["shares"]["optimizer"] > 0  # both are in every step
+    out = capsys.readouterr().out
+    assert "batch    2:" in out and "matrix products" in out
+    with pytest.raises(profile.UserError, match="--steps"):
+        profile.main(["--configfile", str(TINY), "--steps", "0"])

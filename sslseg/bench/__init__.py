@@ -17,5 +17,7 @@ Modules: `timing` (interleaved rounds, peak memory, FLOPs, the planner's `step_r
 `settings_flops`), `data` (synthetic JPEGs, the user's DataLoader), `tasks` (one measurement
 set per task), `report` (ratios, targets, the table), `__main__` (the command line;
 `--efficiency RUN`: a finished run's whole-grid efficiency, `efficiency`), `gpu_smoke`
-(`python -m sslseg.bench.gpu_smoke`: fused attention, host syncs, short GPU pretrainings).
+(`python -m sslseg.bench.gpu_smoke`: fused attention, host syncs, short GPU pretrainings),
+`profile` (`python -m sslseg.bench.profile`: a step's milliseconds per batch size, and its share
+in matrix products, attention, dropout masks and the optimizer).
 """

@@ -1,0 +1,126 @@
+"""Where one training step's time goes: milliseconds a step at several batch sizes, and the
+share of the step in each kind of operation (torch.profiler), for a config's fine-tune or
+SimMIM step.
+
+    python -m sslseg.bench.profile --configfile workflow/configs/sample.yaml --batch-sizes 8 16
+
+It answers "would a rewrite of the loop make this faster?" before anyone tries one: a step
+spent mostly in matrix products is compute-bound. Random inputs, the stage's own objective,
+optimizer and threads; the model step alone (no data loading or augmentation: sslseg.bench
+times those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sslseg.bench.tasks import TASKS, set_threads, task_settings
+from sslseg.config import load_config
+from sslseg.io import UserError
+from sslseg.objectives import build_objective
+from sslseg.optim import make_optimizer
+from sslseg.train import make_generator, pick_device, train_step
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Operation kinds by profiler event name: the first whose pattern is in the name wins.
+KINDS = (("optimizer", ("Optimizer.step",)),
+         ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear", "aten::matmul")),
+         ("attention", ("scaled_dot_product",)),
+         ("dropout masks", ("aten::bernoulli", "aten::native_dropout")))
+
+
+def _batch(s: dict, batch_size: int, task: str) -> dict:
+    size = s["model"]["image_size"]
+    batch = {"images": torch.randn(batch_size, 3, size, size)}
+    if task == "finetune":
+        batch["masks"] = torch.randint(0, s.get("classes") or 3, (batch_size, size, size))
+    return batch
+
+
+def _stepper(s: dict, task: str, batch_size: int, device: torch.device):
+    """One eager training step of the stage's objective and optimizer on a fixed random batch."""
+    torch.manual_seed(0)
+    objective = build_objective(s["objective"], s).to(device).train()
+    opt, gen = make_optimizer(objective, s, device), make_generator(device, 0)
+    batch = {k: v.to(device) for k, v in _batch(s, batch_size, task).items()}
+    return lambda: train_step(objective, opt, batch, gen, s["amp"], device)
+
+
+def step_ms(s: dict, task: str, batch_size: int, steps: int, device: torch.device) -> float:
+    """Median milliseconds of one training step at `batch_size` (after 3 untimed ones)."""
+    step, times = _stepper(s, task, batch_size, device), []
+    for i in range(steps + 3):
+        t = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 3:
+            times.append(time.perf_counter() - t)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def shares(s: dict, task: str, batch_size: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Fraction of the profiled steps' host (CPU) time in each of KINDS, self time so that nothing
+    counts twice (the optimizer: its step's whole time), the rest as "other". The profiler's own
+    cost per operation inflates the share of many small ones (the optimizer's) a little. On a
+    GPU this is the host's time, not the kernels' (sslseg.bench.gpu_smoke measures those)."""
+    from torch.profiler import profile
+
+    step = _stepper(s, task, batch_size, device)
+    step()
+    with profile() as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    out = dict.fromkeys([k for k, _ in KINDS] + ["other"], 0.0)
+    for e in events:
+        if e.key.startswith("Optimizer.step"):  # its whole time: the update's elementwise ops are under it
+            out["optimizer"] += e.cpu_time_total
+        else:
+            kind = next((k for k, names in KINDS if any(n in e.key for n in names)), None)
+            if kind:
+                out[kind] += e.self_cpu_time_total
+    out["other"] = total - sum(out.values())
+    return {k: max(0.0, v) / total for k, v in out.items()}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m sslseg.bench.profile", description=__doc__.splitlines()[0])
+    p.add_argument("--config", default=str(ROOT / "config.yaml"), help="the workflow config whose settings to use")
+    p.add_argument("--configfile", default=None, help="extra config merged on top")
+    p.add_argument("--task", choices=sorted(TASKS), default="finetune", help="the step to profile")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="default: the stage's batch size")
+    p.add_argument("--steps", type=int, default=20, help="timed (and profiled) steps per batch size")
+    p.add_argument("--device", default=None, help="override the config's device")
+    args = p.parse_args(argv)
+    if args.steps < 1 or any(b < 1 for b in args.batch_sizes or []):
+        raise UserError("--steps and --batch-sizes: use whole numbers of at least 1")
+    cfg = load_config(args.config, args.configfile)
+    device = pick_device(args.device or cfg["device"])
+    s = task_settings(cfg, args.task, device)
+    threads = set_threads(cfg, TASKS[args.task], quick=False)
+    rows = []
+    print(f"{args.task} step: {s['model']['backbone']} at {s['model']['image_size']} px, "
+          f"{s['objective']}, {device.type}, {threads} thread(s)")
+    for bs in args.batch_sizes or [s["batch_size"]]:
+        ms = step_ms(s, args.task, bs, args.steps, device)
+        share = shares(s, args.task, bs, args.steps, device)
+        rows.append({"batch_size": bs, "ms_per_step": ms, "images_per_s": 1000 * bs / ms, "shares": share})
+        parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in share.items())
+        print(f"batch {bs:>4}: {ms:8.1f} ms/step  {1000 * bs / ms:8.1f} img/s   {parts}")
+    return rows
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except UserError as e:  # a problem in the input (config, flags): one line, exit status 2
+        print(f"python -m sslseg.bench.profile: error: {e}", file=sys.stderr)
+        sys.exit(2)
