@@ -325,7 +325,7 @@ def test_the_compile_decision_sizes_the_default_grids_longest_jobs():
 
 def test_the_step_profile_times_each_batch_size_and_splits_the_step(capsys):
     """python -m sslseg.bench.profile: a row per batch size asked, its time, and shares of the step
-    that cover it once (no operation counted twice: they sum to 1)."""
+    that count nothing twice (each share, "other" included, is a part of the wall time left over)."""
     from sslseg.bench import profile
 
     rows = profile.main(["--configfile", str(TINY), "--task", "finetune", "--batch-sizes", "2", "4", "--steps", "2",
@@ -333,9 +333,13 @@ def test_the_step_profile_times_each_batch_size_and_splits_the_step(capsys):
     assert [r["batch_size"] for r in rows] == [2, 4]
     for r in rows:
         assert r["ms_per_step"] > 0 and r["images_per_s"] == pytest.approx(1000 * r["batch_size"] / r["ms_per_step"])
+        assert r["gflop_per_s"] > 0
         assert sum(r["shares"].values()) == pytest.approx(1.0)
+        assert all(v >= 0 for v in r["shares"].values()), r["shares"]  # "other" is what is left: never negative
         assert r["shares"]["matrix products"] > 0 and r["shares"]["optimizer"] > 0  # both are in every step
     out = capsys.readouterr().out
-    assert "batch    2:" in out and "matrix products" in out
-    with pytest.raises(profile.UserError, match="--steps"):
-        profile.main(["--configfile", str(TINY), "--steps", "0"])
+    assert "batch    2:" in out and "matrix products" in out and "GFLOP an image" in out
+    for flags, named in ((["--steps", "0"], "--steps"), (["--device", "tpu9"], "--device tpu9")):
+        with pytest.raises(SystemExit) as exit_:
+            profile.cli(["--configfile", str(TINY), *flags])
+        assert exit_.value.code == 2 and named in capsys.readouterr().err

@@ -100,6 +100,9 @@ def test_the_sample_long_readme_says_what_its_csvs_and_the_samples_hold():
     deltas = re.findall(r"^\| ([\d,]+)[^|]* \| ([+−]\d+\.\d\d) ± (\d+\.\d\d) \| (yes|no) \|$", text, re.M)
     lowest = re.search(r"lowest border IoU of the 4,800-step runs: \*\*(\d\.\d{3})\*\*", text)
     assert len(rows) == 4 and len(deltas) == 2 and lowest, "the README's tables are not where this test reads them"
+    assert {(r[0], r[1]) for r in rows} == {(name, steps) for name in ("no pretraining", "1,000-image SimMIM")
+                                           for steps in ("1,200", "4,800")}
+    assert {d[0] for d in deltas} == {"1,200", "4,800"}
     for name, steps, miou, miou_sd, acc, acc_sd, border, loss, change_lo, change_hi in rows:
         folder = SAMPLE if steps == "1,200" else LONG
         runs, conv = _cell(folder, 0 if name == "no pretraining" else 1000)

@@ -21,3 +21,21 @@ set per task), `report` (ratios, targets, the table), `__main__` (the command li
 `profile` (`python -m sslseg.bench.profile`: a step's milliseconds per batch size, and its share
 in matrix products, attention, dropout masks and the optimizer).
 """
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+
+def run_cli(main: Callable[[list[str] | None], Any], prog: str, argv: list[str] | None = None,
+            prefix: str = "error: ") -> Any:
+    """`main(argv)`, with a problem in the input (config, flags, no CUDA) as one line on stderr,
+    "<prog>: <prefix><message>", and exit status 2: the bench commands' shared front door."""
+    from sslseg.io import UserError
+
+    try:
+        return main(argv)
+    except UserError as e:
+        print(f"{prog}: {prefix}{e}", file=sys.stderr)
+        sys.exit(2)

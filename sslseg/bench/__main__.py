@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import sslseg.bench
+from sslseg.bench import run_cli
 from sslseg.bench.data import write_images
 from sslseg.bench.overhead import job_overhead
 from sslseg.bench.overhead import render as render_overhead
@@ -143,11 +144,7 @@ def run_efficiency(args: argparse.Namespace) -> dict:
 
 def cli(argv: list[str] | None = None) -> dict:
     """`main`, with a problem in the input (config, flags) as one line on stderr and exit status 2."""
-    try:
-        return main(argv)
-    except UserError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    return run_cli(main, PROG, argv)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 import torch
 
+from sslseg.bench import run_cli
 from sslseg.bench.data import cpu_count, write_images
 from sslseg.bench.tasks import _forever, bench_eval, bench_pack, task_settings
 from sslseg.bench.timing import count_flops, interleaved, peak_mb, reset_peak
@@ -439,11 +440,7 @@ def render(out: dict) -> str:
 def cli(argv: list[str] | None = None) -> dict:
     """`main`, with a problem in the input (no CUDA, flags) as one line on stderr and exit status 2,
     and exit status 1 after the report when a section failed."""
-    try:
-        out = main(argv)
-    except UserError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        sys.exit(2)
+    out = run_cli(main, PROG, argv, prefix="")
     if out["errors"]:  # measured what it could; the failures are in the report and the JSON
         sys.exit(1)
     return out

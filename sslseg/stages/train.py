@@ -31,8 +31,9 @@ def resume_inputs(settings: dict, pack_file: str, rows: np.ndarray | None, label
     """What a stage's resume file must have been written from besides its settings (sslseg.train.fit):
     each file it starts from or reads (size and modification time: an upstream stage that reran has
     rewritten it), the rows it trains on and those it validates on (the log's val_* columns must
-    come from one set), and the code the stage runs (the files the workflow tracks for it). A pretraining rerun changes its checkpoint, so a fine-tune stopped part-way
-    before starts over rather than finishing from the old pretraining."""
+    come from one set), and the code the stage runs (the files the workflow tracks for it). A
+    pretraining rerun changes its checkpoint, so a fine-tune stopped part-way before starts over
+    rather than finishing from the old pretraining."""
     def identity(path: str | None) -> list | None:
         # not the path: the same file named another way (--directory, an absolute path) still resumes
         if not path:
@@ -62,7 +63,8 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
     `init`: the checkpoint or weights the objective was loaded from (part of the resume's identity)."""
     device = pick_device(settings["device"])
     images = pack_length(pack_file) if rows is None else len(rows)
-    inputs = resume_inputs(settings, pack_file, rows, labels, init, val_rows)  # before any scaling: the stage as configured
+    # before any scaling: the stage as configured
+    inputs = resume_inputs(settings, pack_file, rows, labels, init, val_rows)
     scaling = device_scaling(settings, device, images)  # (the batch never exceeds the stage's images)
     settings = scale_for_device(settings, device, images)
     keys = ("images", "aspect") + ((label_key,) if label_key else ())  # "aspect": packs of whole images only
