@@ -27,13 +27,12 @@ from sslseg.validate import segmentation_validator
 
 
 def resume_inputs(settings: dict, pack_file: str, rows: np.ndarray | None, labels: str | None,
-                  init: str | None, val_rows: np.ndarray | None = None) -> dict:
+                  init: str | None) -> dict:
     """What a stage's resume file must have been written from besides its settings (sslseg.train.fit):
     each file it starts from or reads (size and modification time: an upstream stage that reran has
-    rewritten it), the rows it trains on and those it validates on (the log's val_* columns must
-    come from one set), and the code the stage runs (the files the workflow tracks for it). A
-    pretraining rerun changes its checkpoint, so a fine-tune stopped part-way before starts over
-    rather than finishing from the old pretraining."""
+    rewritten it), the rows it trains on, and the code the stage runs (the files the workflow
+    tracks for it). A pretraining rerun changes its checkpoint, so a fine-tune stopped part-way
+    before starts over rather than finishing from the old pretraining."""
     def identity(path: str | None) -> list | None:
         # not the path: the same file named another way (--directory, an absolute path) still resumes
         if not path:
@@ -44,16 +43,14 @@ def resume_inputs(settings: dict, pack_file: str, rows: np.ndarray | None, label
             return [None, None]
         return [st.st_size, st.st_mtime_ns]
 
-    def digest(rows: np.ndarray | None) -> str | None:
-        return None if rows is None else hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()
-
     root = Path(__file__).resolve().parents[2]  # the folder holding sslseg/
     code = hashlib.sha256()
     for f in command_files("sslseg.stages.train", [f"sslseg.objectives.{settings['objective']}"], root):
         code.update(f.encode() + b"\0" + (root / f).read_bytes())
     return {"pack": identity(pack_file), "labels": identity(labels),
             "init": identity(init or settings["model"].get("weights")),
-            "rows": digest(rows), "val": digest(val_rows), "code": code.hexdigest()}
+            "rows": None if rows is None else hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest(),
+            "code": code.hexdigest()}
 
 
 def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, label_key: str | None,
@@ -63,8 +60,7 @@ def _train(objective: torch.nn.Module, pack_file: str, rows: np.ndarray | None, 
     `init`: the checkpoint or weights the objective was loaded from (part of the resume's identity)."""
     device = pick_device(settings["device"])
     images = pack_length(pack_file) if rows is None else len(rows)
-    # before any scaling: the stage as configured
-    inputs = resume_inputs(settings, pack_file, rows, labels, init, val_rows)
+    inputs = resume_inputs(settings, pack_file, rows, labels, init)  # before any scaling: the stage as configured
     scaling = device_scaling(settings, device, images)  # (the batch never exceeds the stage's images)
     settings = scale_for_device(settings, device, images)
     keys = ("images", "aspect") + ((label_key,) if label_key else ())  # "aspect": packs of whole images only
