@@ -188,7 +188,7 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
     segmentation step (forward only is about a third of forward + backward)."""
     import torch
 
-    from sslseg.bench.timing import step_rate
+    from sslseg.bench.timing import random_batch, step_rate
     from sslseg.objectives import build_objective
     from sslseg.optim import scale_for_device
     from sslseg.train import pick_device
@@ -202,9 +202,7 @@ def measure(cfg: dict, seconds: float = 4.0) -> dict:
         s = scale_for_device(stage_settings(cfg, run.adaptation if stage == "finetune" else stage, run), device)
         res = rule_resources(cfg, stage)
         torch.set_num_threads(min(res["threads"], os.cpu_count() or 1))  # as the job will run
-        size, bs = s["model"]["image_size"], s["batch_size"]
-        batch = {"images": torch.randn(bs, 3, size, size, device=device),
-                 "masks": torch.randint(0, 3, (bs, size, size), device=device)}
+        batch = random_batch(s, s["batch_size"], device)
         model = build_objective(s["objective"], s)
         rates[key] = {"images_per_s": step_rate(model, batch, s, device, seconds), "threads": torch.get_num_threads()}
         models[key[2:]] = {**s["model"], "compile": False}  # the model measured: the planner scales from it

@@ -20,7 +20,7 @@ import torch
 
 from sslseg.bench import run_cli
 from sslseg.bench.tasks import TASKS, set_threads, task_settings
-from sslseg.bench.timing import settings_flops
+from sslseg.bench.timing import random_batch, settings_flops
 from sslseg.config import load_config
 from sslseg.io import UserError
 from sslseg.objectives import build_objective
@@ -37,26 +37,18 @@ KINDS = (("optimizer", ("Optimizer.step",)),
          ("dropout masks", ("aten::bernoulli", "aten::native_dropout")))
 
 
-def _batch(s: dict, batch_size: int, task: str) -> dict:
-    size = s["model"]["image_size"]
-    batch = {"images": torch.randn(batch_size, 3, size, size)}
-    if task == "finetune":
-        batch["masks"] = torch.randint(0, s.get("classes") or 3, (batch_size, size, size))
-    return batch
-
-
-def _stepper(s: dict, task: str, batch_size: int, device: torch.device):
+def _stepper(s: dict, batch_size: int, device: torch.device):
     """One eager training step of the stage's objective and optimizer on a fixed random batch."""
     torch.manual_seed(0)
     objective = build_objective(s["objective"], s).to(device).train()
     opt, gen = make_optimizer(objective, s, device), make_generator(device, 0)
-    batch = {k: v.to(device) for k, v in _batch(s, batch_size, task).items()}
+    batch = random_batch(s, batch_size, device)
     return lambda: train_step(objective, opt, batch, gen, s["amp"], device)
 
 
-def step_ms(s: dict, task: str, batch_size: int, steps: int, device: torch.device) -> float:
+def step_ms(s: dict, batch_size: int, steps: int, device: torch.device) -> float:
     """Median milliseconds of one training step at `batch_size` (after 3 untimed ones)."""
-    step, times = _stepper(s, task, batch_size, device), []
+    step, times = _stepper(s, batch_size, device), []
     for i in range(steps + 3):
         t = time.perf_counter()
         step()
@@ -76,7 +68,7 @@ def _under_optimizer(event) -> bool:
     return False
 
 
-def shares(s: dict, task: str, batch_size: int, steps: int, device: torch.device) -> dict[str, float]:
+def shares(s: dict, batch_size: int, steps: int, device: torch.device) -> dict[str, float]:
     """Fraction of the profiled steps' wall time in each of KINDS, and the rest as "other" (the
     forward's and backward's elementwise work and Python). Operations count by their self time,
     the optimizer by its step's whole time, and nothing under the optimizer's step twice. The
@@ -84,7 +76,7 @@ def shares(s: dict, task: str, batch_size: int, steps: int, device: torch.device
     little. On a GPU these are the host's times, not the kernels' (sslseg.bench.gpu_smoke)."""
     from torch.profiler import profile
 
-    step = _stepper(s, task, batch_size, device)
+    step = _stepper(s, batch_size, device)
     step()
     with profile() as prof:
         t = time.perf_counter()
@@ -128,8 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{args.task} step: {s['model']['backbone']} at {s['model']['image_size']} px, {s['objective']}, "
           f"{gflop:.2f} GFLOP an image; {device.type}, {threads} thread(s)")
     for bs in args.batch_sizes or [s["batch_size"]]:
-        ms = step_ms(s, args.task, bs, args.steps, device)
-        share = shares(s, args.task, bs, args.steps, device)
+        ms = step_ms(s, bs, args.steps, device)
+        share = shares(s, bs, args.steps, device)
         rows.append({"batch_size": bs, "ms_per_step": ms, "images_per_s": 1000 * bs / ms,
                      "gflop_per_s": gflop * bs / ms * 1000, "shares": share})
         parts = ", ".join(f"{k} {100 * v:.0f} %" for k, v in share.items())

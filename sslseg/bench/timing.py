@@ -116,6 +116,17 @@ def count_flops(objective: torch.nn.Module, batch: dict, gen: torch.Generator) -
     return counter.get_total_flops() / batch["images"].shape[0]
 
 
+def random_batch(settings: dict, batch_size: int, device: torch.device | None = None,
+                 gen: torch.Generator | None = None) -> dict:
+    """A batch any objective of `settings` trains on, already augmented: normalised "images", "masks"
+    (segmentation) and "labels" (classification); what a step costs does not depend on the values."""
+    size, classes = settings["model"]["image_size"], settings.get("classes") or 3
+    kw = {"device": device, "generator": gen}
+    return {"images": torch.randn(batch_size, 3, size, size, **kw),
+            "masks": torch.randint(0, min(classes, 3), (batch_size, size, size), **kw),
+            "labels": torch.randint(0, classes, (batch_size,), **kw)}
+
+
 def step_rate(objective: torch.nn.Module, batch: dict, settings: dict, device: torch.device, seconds: float,
               warmup: int = 2) -> float:
     """Images/s of the model step alone (eager) on `batch` already on `device`; used by the planner."""
@@ -156,10 +167,7 @@ def settings_flops(settings: dict, train: bool = True) -> float:
         objective = build_objective(settings["objective"], settings).train()
         if train:
             freeze(objective, settings.get("freeze", []), settings.get("stage", "stage"))
-        size, classes = settings["model"]["image_size"], settings.get("classes") or 3
         gen = torch.Generator().manual_seed(0)
-        batch = {"images": torch.randn(2, 3, size, size, generator=gen),  # 2: BatchNorm needs more than one value
-                 "masks": torch.randint(0, min(classes, 3), (2, size, size), generator=gen),
-                 "labels": torch.randint(0, classes, (2,), generator=gen)}
+        batch = random_batch(settings, 2, gen=gen)  # 2: BatchNorm needs more than one value
         _FLOPS[key] = count_flops(objective, batch, gen)
     return _FLOPS[key]
