@@ -88,6 +88,17 @@ def test_miou_figure_draws_a_line_per_objective_and_decoder_width_with_std_over_
             assert hi - lo == pytest.approx(2 * 2.0)
 
 
+def test_the_intermediate_step_is_in_the_legend_only_when_the_grid_has_both(tmp_path, captured):
+    for steps in ((0,), (0, 1)):
+        rows = [_row(o, finetune=n, seed=s, intermediate=i) for o, n, s, i in
+                itertools.product(("none", "simmim"), (100, 300), (0, 1), steps)]
+        pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+        figures.miou_figure(str(tmp_path / "runs.csv"), str(tmp_path / "m.png"), SETTINGS)
+    without, both = (_legend(fig.axes[0]) for fig in captured)
+    assert not {"intermediate", "without", "with"} & set(without) and "none" in without
+    assert both[-3:] == ["intermediate", "without", "with"]
+
+
 def test_line_labels_keep_backbones_data_sets_and_widths_apart():
     rows = [_row("none", backbone=b, decoder=w) for b in ("viny", "resnet50") for w in (1, 3)]
     rows += [_row("mae", data=d) for d in ("in_domain", "out_domain", "mixed")]

@@ -42,15 +42,18 @@ def test_a_seed_without_its_pair_is_left_out():
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "results" / "sample"
 
 
+def _signed(text: str) -> float:
+    return float(text.replace("−", "-"))
+
+
 def _readme_numbers() -> dict:
     text = (SAMPLE / "README.md").read_text()
     runs = re.search(r"\*\*(\d+)\*\* fine-tunes", text)
     border = re.search(r"lowest border IoU of any run: \*\*(\d\.\d+)\*\*", text)
     rows = re.findall(r"^\| (\d+) \| (\d+\.\d\d) ± (\d+\.\d\d) \| (\d+\.\d\d) ± (\d+\.\d\d) \| ([+−-]\d+\.\d\d) ± (\d+\.\d\d) \| (yes|no) \|$",
                       text, re.M)
-    beyond = re.search(r"\*\*(\d+) of (\d+)\*\* fine-tune sizes", text)
-    assert runs and border and rows and beyond, "the README's key numbers are not where this test reads them"
-    return {"runs": int(runs[1]), "border": float(border[1]), "rows": rows, "beyond": (int(beyond[1]), int(beyond[2]))}
+    assert runs and border and rows, "the README's key numbers are not where this test reads them"
+    return {"runs": int(runs[1]), "border": float(border[1]), "rows": rows}
 
 
 def test_the_sample_readme_says_what_its_csvs_hold():
@@ -72,10 +75,30 @@ def test_the_sample_readme_says_what_its_csvs_hold():
         assert (float(p_mean), float(p_std)) == (round(pre.miou_mean, 2), round(pre.miou_std, 2))
         assert (float(d_mean.replace("−", "-")), float(d_se)) == (round(d.delta_mean, 2), round(d.delta_se, 2))
         assert (beyond == "yes") == bool(d.beyond_2se)
-    assert readme["beyond"] == (int(delta.beyond_2se.sum()), len(delta))
+    by_seed = runs.pivot(index="seed", columns="pretrain",  # paired by seed, as pretrain_delta pairs them
+                         values=["miou", "iou_border", "iou_background", "iou_pet"])
+    diff = 100 * (by_seed.xs(1000, axis=1, level=1) - by_seed.xs(0, axis=1, level=1))
+    per_seed = re.search(r"Every seed agrees \(([^)]*)\)", text)
+    assert per_seed and [_signed(x) for x in per_seed[1].split(", ")] == diff.miou.round(2).tolist()
+    for name in ("border", "background", "pet"):
+        said = re.search(rf"{name} ([+−]\d+\.\d\d) ± (\d+\.\d\d)", text)
+        col = diff[f"iou_{name}"]
+        assert said and (_signed(said[1]), float(said[2])) == (round(col.mean(), 2),
+                                                              round(col.std() / math.sqrt(len(col)), 2)), name
+    conv = pd.read_csv(SAMPLE / "convergence.csv").query("stage == 'finetune'")
+    change = re.search(r"\((−\d+\.\d) to (−\d+\.\d) % over", text)
+    assert change and (_signed(change[1]), _signed(change[2])) == (round(100 * conv.last_10pct_change.min(), 1),
+                                                                   round(100 * conv.last_10pct_change.max(), 1))
+
+
+def test_every_sample_fine_tune_learns_the_border():
+    """Issue 14's bar for the committed sample: the border class's IoU above 0.1 in every run."""
+    runs = pd.read_csv(SAMPLE / "runs.csv")
+    assert len(runs) == 6 and runs.iou_border.min() > 0.1
 
 
 LONG = SAMPLE.parent / "sample-long"
+PREVIOUS = LONG / "sample-1200"  # the previous sample's CSVs: 1,200 steps, 100 and 300 pets
 
 
 def _cell(folder: Path, pretrain: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -87,13 +110,10 @@ def _cell(folder: Path, pretrain: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return runs, conv[conv.run.str.startswith(f"runs/viny/{tag}-i0/finetune-full-n300-")]
 
 
-def _signed(text: str) -> float:
-    return float(text.replace("−", "-"))
-
-
 def test_the_sample_long_readme_says_what_its_csvs_and_the_samples_hold():
-    """Its per-pretraining rows (4,800 steps from its own CSVs, 1,200 from the sample's, the 300-pet
-    cell, the same 4 seeds) and its paired differences."""
+    """Its per-pretraining rows (4,800 steps from its own CSVs, 1,200 from the previous sample's,
+    the 300-pet cell, the same 4 seeds) and its paired differences; the sample's runs are its own
+    seeds 0-2, the same numbers to the last digit (the same code, config and data)."""
     text = (LONG / "README.md").read_text()
     rows = re.findall(r"^\| (no pretraining|1,000-image SimMIM) \| ([\d,]+)[^|]* \| (\d+\.\d\d) ± (\d+\.\d\d) \| "
                       r"(\d+\.\d\d) ± (\d+\.\d\d) \| (\d\.\d{3}) \| (\d\.\d{3}) \| (−\d+\.\d) to (−\d+\.\d) % \|$", text, re.M)
@@ -104,7 +124,7 @@ def test_the_sample_long_readme_says_what_its_csvs_and_the_samples_hold():
                                            for steps in ("1,200", "4,800")}
     assert {d[0] for d in deltas} == {"1,200", "4,800"}
     for name, steps, miou, miou_sd, acc, acc_sd, border, loss, change_lo, change_hi in rows:
-        folder = SAMPLE if steps == "1,200" else LONG
+        folder = PREVIOUS if steps == "1,200" else LONG
         runs, conv = _cell(folder, 0 if name == "no pretraining" else 1000)
         assert len(runs) == len(conv) == 4 and sorted(runs.seed) == [0, 1, 2, 3]
         assert (float(miou), float(miou_sd)) == (round(100 * runs.miou.mean(), 2), round(100 * runs.miou.std(), 2))
@@ -116,8 +136,13 @@ def test_the_sample_long_readme_says_what_its_csvs_and_the_samples_hold():
                                                             round(100 * conv.last_10pct_change.max(), 1))
         assert set(conv.epochs) == {253 if steps == "4,800" else 64}
     for steps, mean, se, beyond in deltas:
-        delta = pd.read_csv((SAMPLE if steps == "1,200" else LONG) / "pretrain_delta.csv")
+        delta = pd.read_csv((PREVIOUS if steps == "1,200" else LONG) / "pretrain_delta.csv")
         d = delta[delta.finetune == 300].iloc[0]
         assert (_signed(mean), float(se), d.seeds) == (round(d.delta_mean, 2), round(d.delta_se, 2), 4)
         assert (beyond == "yes") == bool(d.beyond_2se)
     assert float(lowest[1]) == round(pd.read_csv(LONG / "runs.csv").iou_border.min(), 3)
+    cols = ["pretrain", "seed", "miou", "pixel_acc", "iou_border"]
+    sample = pd.read_csv(SAMPLE / "runs.csv")[cols].sort_values(["pretrain", "seed"]).reset_index(drop=True)
+    long = pd.read_csv(LONG / "runs.csv")[cols]
+    long = long[long.seed.isin(sample.seed)].sort_values(["pretrain", "seed"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(sample, long)

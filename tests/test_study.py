@@ -95,5 +95,11 @@ def test_imagenette_without_download_says_how_to_fetch_it(tmp_path):
 def test_sample_config_plans_the_scaled_grid():
     jobs = planned_jobs(ROOT, "--configfile", "workflow/configs/sample.yaml")
     assert jobs["pretrain"] == 1 and "intermediate" not in jobs  # 1,000 images or none; no intermediate step
-    assert jobs["finetune"] == jobs["evaluate"] == 2 * 2 * 4  # 2 pretrainings x 2 sizes x 4 seeds
-    assert sum(jobs.values()) == 52  # the count docs/results/sample/README.md states
+    assert jobs["finetune"] == jobs["evaluate"] == 2 * 1 * 3  # 2 pretrainings x 1 size x 3 seeds
+    assert sum(jobs.values()) == 27  # the count docs/results/sample/README.md states
+
+
+def test_sample_long_is_the_sample_with_a_fourth_seed():
+    jobs = planned_jobs(ROOT, "--configfile", "workflow/configs/sample.yaml", "workflow/configs/sample-long.yaml")
+    assert jobs["pretrain"] == 1 and jobs["finetune"] == jobs["evaluate"] == 2 * 1 * 4
+    assert sum(jobs.values()) == 32  # the count workflow/configs/sample-long.yaml and README.md state

@@ -143,12 +143,16 @@ def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
         "intermediate": np.where(runs.intermediate == 1, "with", "without"),
     })
     order = list(dict.fromkeys(runs.pretraining))
+    # a line style per intermediate step only when the grid has both: a legend entry for runs
+    # that do not exist would say the figure holds them
+    styles = [s for s in ("without", "with") if s in set(runs.intermediate)]
+    style = {"style": "intermediate", "style_order": styles} if len(styles) > 1 else {}
     panels = _by(runs, facet)
     fig, axes = _panels(len(panels))
     beside = len(order) > LEGEND_INSIDE  # a long legend would hide the lines: beside the last panel
     for i, (ax, (title, part)) in enumerate(zip(axes, panels)):
         sns.lineplot(data=part, x="x", y="mIoU (%)", hue="pretraining", hue_order=order,
-                     style="intermediate", style_order=["without", "with"], markers=True, dashes=True,
+                     **style, markers=True, dashes=True,
                      errorbar="sd", err_style="bars", legend=i == (len(panels) - 1 if beside else 0), ax=ax)
         _size_axis(ax, runs.finetune[runs.budget.isin(part.budget)])
         ax.set_title(title or f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
