@@ -97,6 +97,8 @@ def test_the_intermediate_step_is_in_the_legend_only_when_the_grid_has_both(tmp_
     without, both = (_legend(fig.axes[0]) for fig in captured)
     assert not {"intermediate", "without", "with"} & set(without) and "none" in without
     assert both[-3:] == ["intermediate", "without", "with"]
+    means = [line for line in captured[0].axes[0].lines if line.get_label().startswith("_child")]
+    assert [line.get_marker() for line in means] == ["o", "o"]  # a grid of one size shows its means
 
 
 def test_line_labels_keep_backbones_data_sets_and_widths_apart():

@@ -146,13 +146,14 @@ def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
     # a line style per intermediate step only when the grid has both: a legend entry for runs
     # that do not exist would say the figure holds them
     styles = [s for s in ("without", "with") if s in set(runs.intermediate)]
-    style = {"style": "intermediate", "style_order": styles} if len(styles) > 1 else {}
+    style = ({"style": "intermediate", "style_order": styles, "markers": True, "dashes": True}
+             if len(styles) > 1 else {"marker": "o"})
     panels = _by(runs, facet)
     fig, axes = _panels(len(panels))
     beside = len(order) > LEGEND_INSIDE  # a long legend would hide the lines: beside the last panel
     for i, (ax, (title, part)) in enumerate(zip(axes, panels)):
         sns.lineplot(data=part, x="x", y="mIoU (%)", hue="pretraining", hue_order=order,
-                     **style, markers=True, dashes=True,
+                     **style,
                      errorbar="sd", err_style="bars", legend=i == (len(panels) - 1 if beside else 0), ax=ax)
         _size_axis(ax, runs.finetune[runs.budget.isin(part.budget)])
         ax.set_title(title or f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
