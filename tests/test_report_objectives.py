@@ -89,16 +89,17 @@ def test_miou_figure_draws_a_line_per_objective_and_decoder_width_with_std_over_
 
 
 def test_the_intermediate_step_is_in_the_legend_only_when_the_grid_has_both(tmp_path, captured):
-    for steps in ((0,), (0, 1)):
+    for sizes, steps in (((300,), (0,)), ((100, 300), (0, 1)), ((100, 300), (1,))):
         rows = [_row(o, finetune=n, seed=s, intermediate=i) for o, n, s, i in
-                itertools.product(("none", "simmim"), (100, 300), (0, 1), steps)]
+                itertools.product(("none", "simmim"), sizes, (0, 1), steps)]
         pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
         figures.miou_figure(str(tmp_path / "runs.csv"), str(tmp_path / "m.png"), SETTINGS)
-    without, both = (_legend(fig.axes[0]) for fig in captured)
-    assert not {"intermediate", "without", "with"} & set(without) and "none" in without
-    assert both[-3:] == ["intermediate", "without", "with"]
-    means = [line for line in captured[0].axes[0].lines if line.get_label().startswith("_child")]
+    without, both, every = (fig.axes[0] for fig in captured)
+    assert not {"intermediate", "without", "with"} & set(_legend(without)) and "none" in _legend(without)
+    means = [line for line in without.lines if line.get_label().startswith("_child")]
     assert [line.get_marker() for line in means] == ["o", "o"]  # a grid of one size shows its means
+    assert _legend(both)[-3:] == ["intermediate", "without", "with"] and "intermediate" not in both.get_title()
+    assert "with" not in _legend(every) and "every run after the intermediate step" in every.get_title()
 
 
 def test_line_labels_keep_backbones_data_sets_and_widths_apart():

@@ -40,6 +40,8 @@ def test_a_seed_without_its_pair_is_left_out():
 
 
 SAMPLE = Path(__file__).resolve().parents[1] / "docs" / "results" / "sample"
+LONG = SAMPLE.parent / "sample-long"
+PREVIOUS = LONG / "sample-1200"  # the previous sample's CSVs: 1,200 steps, 100 and 300 pets
 
 
 def _signed(text: str) -> float:
@@ -91,14 +93,49 @@ def test_the_sample_readme_says_what_its_csvs_hold():
                                                                    round(100 * conv.last_10pct_change.max(), 1))
 
 
+def _pair(runs: pd.DataFrame, column: str) -> tuple[float, float]:
+    """Mean and s.e. (ddof 1) of pretrained − none in `column`, in points, paired by seed."""
+    by_seed = runs.pivot(index="seed", columns="pretrain", values=column)
+    d = 100 * (by_seed[1000] - by_seed[0])
+    return d.mean(), d.std() / math.sqrt(len(d))
+
+
+def _range(values: pd.Series) -> str:
+    return f"{values.min():.3f}–{values.max():.3f}"
+
+
+def test_the_sample_readme_states_each_effect_in_standard_errors_as_its_csvs_give_them():
+    """Pixel accuracy, every per-class Δ in standard errors, the border and loss ranges per arm, and
+    the comparison with the previous sample's 1,200-step runs of the same seeds."""
+    text = (SAMPLE / "README.md").read_text()
+    runs = pd.read_csv(SAMPLE / "runs.csv")
+    none, pre = runs[runs.pretrain == 0], runs[runs.pretrain > 0]
+    mean, se = _pair(runs, "miou")
+    assert f"{abs(mean / se):.1f} standard errors" in text
+    mean, se = _pair(runs, "pixel_acc")
+    assert (f"{100 * none.pixel_acc.mean():.2f} → {100 * pre.pixel_acc.mean():.2f} %, "
+            f"Δ −{abs(mean):.2f} ± {se:.2f} points ({abs(mean / se):.1f} s.e.") in text
+    for name in ("border", "background", "pet"):
+        mean, se = _pair(runs, f"iou_{name}")
+        assert re.search(rf"{name} −{abs(mean):.2f} ± {se:.2f} \([^)]*{abs(mean / se):.1f} s\.e\.", text), name
+    assert f"without pretraining {_range(none.iou_border)}, with it {_range(pre.iou_border)}" in text
+    conv = pd.read_csv(SAMPLE / "convergence.csv").query("stage == 'finetune'")
+    loss = {tag: conv[conv.run.str.contains(tag)].final_loss for tag in ("simmim", "scratch")}
+    assert f"final loss {_range(loss['simmim'])} against {_range(loss['scratch'])}" in text
+    old = pd.read_csv(PREVIOUS / "runs.csv").query("finetune == 300 and seed in @runs.seed")
+    old_mean, old_se = _pair(old, "miou")
+    mean, se = _pair(runs, "miou")
+    assert (f"without pretraining {100 * old[old.pretrain == 0].miou.mean():.2f} → {100 * none.miou.mean():.2f} % "
+            f"mIoU,\n  with it {100 * old[old.pretrain > 0].miou.mean():.2f} → {100 * pre.miou.mean():.2f} %, and the "
+            f"cost of pretraining fell from −{abs(old_mean):.2f} ± {old_se:.2f} to −{abs(mean):.2f} ± {se:.2f}") in text
+
+
 def test_every_sample_fine_tune_learns_the_border():
     """Issue 14's bar for the committed sample: the border class's IoU above 0.1 in every run."""
     runs = pd.read_csv(SAMPLE / "runs.csv")
     assert len(runs) == 6 and runs.iou_border.min() > 0.1
 
 
-LONG = SAMPLE.parent / "sample-long"
-PREVIOUS = LONG / "sample-1200"  # the previous sample's CSVs: 1,200 steps, 100 and 300 pets
 
 
 def _cell(folder: Path, pretrain: int) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -148,19 +148,20 @@ def miou_figure(runs_csv: str, out: str, settings: dict) -> None:
     styles = [s for s in ("without", "with") if s in set(runs.intermediate)]
     style = ({"style": "intermediate", "style_order": styles, "markers": True, "dashes": True}
              if len(styles) > 1 else {"marker": "o"})
+    heading = f"mIoU vs labelled images ({runs.seed.nunique()} seeds"
+    heading += ", every run after the intermediate step)" if styles == ["with"] else ")"
     panels = _by(runs, facet)
     fig, axes = _panels(len(panels))
     beside = len(order) > LEGEND_INSIDE  # a long legend would hide the lines: beside the last panel
     for i, (ax, (title, part)) in enumerate(zip(axes, panels)):
-        sns.lineplot(data=part, x="x", y="mIoU (%)", hue="pretraining", hue_order=order,
-                     **style,
+        sns.lineplot(data=part, x="x", y="mIoU (%)", hue="pretraining", hue_order=order, **style,
                      errorbar="sd", err_style="bars", legend=i == (len(panels) - 1 if beside else 0), ax=ax)
         _size_axis(ax, runs.finetune[runs.budget.isin(part.budget)])
-        ax.set_title(title or f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
+        ax.set_title(title or heading)
     if beside:
         sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.02, 1), fontsize=8)
     if facet:
-        fig.suptitle(f"mIoU vs labelled images ({runs.seed.nunique()} seeds)")
+        fig.suptitle(heading)
     save(fig, out, settings["dpi"])
 
 
